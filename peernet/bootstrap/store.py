@@ -1,0 +1,398 @@
+"""BootstrapStore: the bootstrap server's SQLite database.
+
+Every call runs on one dedicated worker thread that owns the only sqlite3
+connection, so the reactor thread never touches SQLite and writes are
+serialised without locks.  The database runs in WAL mode with
+``synchronous=FULL``: a write is on disk before its Deferred fires, so an
+acknowledged registration survives ``kill -9`` (and a power cut).
+
+Each write is one transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``); any error
+rolls it back, so a refused request leaves nothing behind.
+
+Schema: ``schema/vN.sql`` creates version N from nothing and
+``schema/upgrade-to-vN.sql`` moves N-1 to N.  A fresh database and an upgraded
+one are identical (tested).
+"""
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from importlib import resources
+
+from twisted.internet.defer import succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from peernet import constants
+from peernet.errors import BadRequest, Conflict, ConfigError, ReplayedNonce
+
+SCHEMA_VERSION = 2
+MAX_EMAIL_CODE_ATTEMPTS = 5
+
+log = Logger()
+
+
+def schema_text(name):
+    return resources.files("peernet.bootstrap").joinpath("schema", name).read_text("utf-8")
+
+
+def _connect(path):
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def database_version(conn):
+    has = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='version'"
+    ).fetchone()[0]
+    if not has:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables:
+            raise ConfigError("the database file is not a peernet bootstrap database")
+        return 0
+    return conn.execute("SELECT version FROM version").fetchone()[0]
+
+
+def create_or_upgrade(conn, target=SCHEMA_VERSION):
+    """Bring the open database to schema ``target``; return the old version."""
+    old = database_version(conn)
+    if old > target:
+        raise ConfigError(
+            f"the database has schema version {old}, newer than this peernet "
+            f"({target}); upgrade peernet"
+        )
+    if old == target:
+        return old
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if old == 0:
+            _run_script(conn, schema_text(f"v{target}.sql"))
+        else:
+            for version in range(old + 1, target + 1):
+                _run_script(conn, schema_text(f"upgrade-to-v{version}.sql"))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return old
+
+
+def _run_script(conn, script):
+    # sqlite3.executescript() would COMMIT first; run statement by statement so
+    # the whole migration stays in one transaction.
+    for statement in _split_sql(script):
+        conn.execute(statement)
+
+
+def _split_sql(script):
+    script = re.sub(r"--[^\n]*", "", script)
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A verified registration, ready to store."""
+
+    peer_id: str
+    record_json: str
+    signature: str
+    version: int
+    is_bootstrap: bool
+    email: "str | None"
+    email_code: "str | None"
+    nonce: str
+
+
+@dataclass(frozen=True)
+class Registered:
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class CodeIssued:
+    """An email code was created (to be mailed); nothing about the peer is stored."""
+
+    email: str
+    code: str
+
+
+class BootstrapStore:
+    """Asynchronous access to the bootstrap database; see the module docstring."""
+
+    def __init__(self, reactor, path, *, ttl=constants.BOOTSTRAP_DEFAULT_TTL,
+                 email_verification=False):
+        self.reactor = reactor
+        self.path = os.fspath(path)
+        self.ttl = ttl
+        self.email_verification = email_verification
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="peernet-bootstrap-db")
+        self._conn = None
+
+    # -- life cycle -------------------------------------------------------------
+
+    def open(self):
+        """Start the worker thread, create or upgrade the schema; Deferred."""
+        self._pool.start()
+        return self._call(self._open)
+
+    def _open(self):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"the directory of the database {self.path} does not exist")
+        try:
+            self._conn = _connect(self.path)
+            old = create_or_upgrade(self._conn)
+        except sqlite3.DatabaseError as e:
+            raise ConfigError(f"cannot open the database {self.path}: {e}")
+        if old and old != SCHEMA_VERSION:
+            log.info("database {path} upgraded from schema {old} to {new}",
+                     path=self.path, old=old, new=SCHEMA_VERSION)
+        return old
+
+    def close(self):
+        """Close the connection and stop the worker thread; Deferred."""
+        if not self._pool.started:
+            return succeed(None)
+        d = self._call(self._close)
+        d.addBoth(lambda r: (self._pool.stop(), r)[1])
+        return d
+
+    def _close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _call(self, fn, *args):
+        return deferToThreadPool(self.reactor, self._pool, fn, *args)
+
+    # -- writes -----------------------------------------------------------------
+
+    def register(self, reg, now):
+        """Store a verified registration. Deferred of Registered or CodeIssued.
+
+        Raises (as a failure) ReplayedNonce, Conflict (stale version, email
+        bound to another peer) or BadRequest (wrong or expired email code).
+        """
+        return self._call(self._register, reg, now)
+
+    def _register(self, reg, now):
+        conn = self._conn
+        outcome = None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._use_nonce(conn, reg.nonce, now)
+            row = conn.execute(
+                "SELECT version FROM peers WHERE peer_id = ? AND expires_at > ?",
+                (reg.peer_id, now),
+            ).fetchone()
+            if row is not None and row[0] > reg.version:
+                raise Conflict(
+                    f"record version {reg.version} is older than the registered "
+                    f"version {row[0]}",
+                    code="stale_record",
+                )
+            if reg.email is not None:
+                outcome = self._bind_email(conn, reg, now)
+            if outcome is None:
+                expires_at = now + self.ttl
+                conn.execute(
+                    "INSERT INTO peers (peer_id, record, signature, version, is_bootstrap,"
+                    " is_broadcasting, email, registered_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"
+                    " ON CONFLICT (peer_id) DO UPDATE SET record = excluded.record,"
+                    " signature = excluded.signature, version = excluded.version,"
+                    " is_bootstrap = excluded.is_bootstrap, email = excluded.email,"
+                    " registered_at = excluded.registered_at, expires_at = excluded.expires_at",
+                    (reg.peer_id, reg.record_json, reg.signature, reg.version,
+                     int(reg.is_bootstrap), reg.email, now, expires_at),
+                )
+                outcome = Registered(expires_at)
+            conn.execute("COMMIT")
+        except _CommitThenRaise as e:
+            conn.execute("COMMIT")
+            raise e.error
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return outcome
+
+    def _use_nonce(self, conn, nonce, now):
+        try:
+            conn.execute(
+                "INSERT INTO nonces (nonce, expires_at) VALUES (?, ?)",
+                (nonce, now + constants.NONCE_RETENTION_SECONDS),
+            )
+        except sqlite3.IntegrityError:
+            raise ReplayedNonce("this nonce was already used; sign a new request")
+
+    def _bind_email(self, conn, reg, now):
+        """Apply the one-peer-per-email rule; None means "go on and register"."""
+        bound = conn.execute(
+            "SELECT peer_id FROM emails WHERE email = ?", (reg.email,)
+        ).fetchone()
+        if bound is not None:
+            if bound[0] != reg.peer_id:
+                raise Conflict(
+                    "this email is bound to another peer; only that peer's key can "
+                    "release it",
+                    code="email_bound",
+                )
+            return None
+        if not self.email_verification:
+            conn.execute(
+                "INSERT INTO emails (email, peer_id, verified, bound_at) VALUES (?, ?, 0, ?)",
+                (reg.email, reg.peer_id, now),
+            )
+            return None
+        if reg.email_code is None:
+            code = f"{secrets.randbelow(10**8):08d}"
+            conn.execute(
+                "INSERT INTO email_codes (email, peer_id, code_hash, attempts, expires_at)"
+                " VALUES (?, ?, ?, 0, ?) ON CONFLICT (email) DO UPDATE SET"
+                " peer_id = excluded.peer_id, code_hash = excluded.code_hash,"
+                " attempts = 0, expires_at = excluded.expires_at",
+                (reg.email, reg.peer_id, _code_hash(reg.peer_id, code),
+                 now + constants.EMAIL_CODE_TTL_SECONDS),
+            )
+            return CodeIssued(reg.email, code)
+        pending = conn.execute(
+            "SELECT peer_id, code_hash, attempts FROM email_codes"
+            " WHERE email = ? AND expires_at > ?",
+            (reg.email, now),
+        ).fetchone()
+        if pending is None or pending[0] != reg.peer_id:
+            raise BadRequest(
+                "no verification code is pending for this email and peer; register "
+                "without email_code to get one",
+                code="no_pending_code",
+            )
+        if pending[2] >= MAX_EMAIL_CODE_ATTEMPTS:
+            raise BadRequest(
+                "too many wrong codes; register without email_code to get a new one",
+                code="too_many_attempts",
+            )
+        if not hmac.compare_digest(pending[1], _code_hash(reg.peer_id, reg.email_code)):
+            conn.execute(
+                "UPDATE email_codes SET attempts = attempts + 1 WHERE email = ?",
+                (reg.email,),
+            )
+            # The attempt counter must persist although the request fails.
+            raise _CommitThenRaise(BadRequest("the email code is wrong", code="bad_email_code"))
+        conn.execute("DELETE FROM email_codes WHERE email = ?", (reg.email,))
+        conn.execute(
+            "INSERT INTO emails (email, peer_id, verified, bound_at) VALUES (?, ?, 1, ?)",
+            (reg.email, reg.peer_id, now),
+        )
+        return None
+
+    def unregister(self, peer_id, nonce, release_email, now):
+        """Remove a peer at once. Deferred of (removed, email_released)."""
+        return self._call(self._unregister, peer_id, nonce, release_email, now)
+
+    def _unregister(self, peer_id, nonce, release_email, now):
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._use_nonce(conn, nonce, now)
+            removed = conn.execute(
+                "DELETE FROM peers WHERE peer_id = ? AND expires_at > ?", (peer_id, now)
+            ).rowcount
+            # An expired row is invisible, but it still goes now.
+            conn.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
+            released = 0
+            if release_email:
+                released = conn.execute(
+                    "DELETE FROM emails WHERE peer_id = ?", (peer_id,)
+                ).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return bool(removed), bool(released)
+
+    def set_bootstrap_nodes(self, urls, source, now):
+        """Make the ``source`` rows of bootstrap_nodes exactly ``urls``."""
+        return self._call(self._set_bootstrap_nodes, list(urls), source, now)
+
+    def _set_bootstrap_nodes(self, urls, source, now):
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM bootstrap_nodes WHERE source = ?", (source,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO bootstrap_nodes (url, source, added_at) VALUES (?, ?, ?)",
+                [(u, source, now) for u in urls],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def sweep(self, now):
+        """Delete expired peers, nonces and codes. Deferred of rows deleted."""
+        return self._call(self._sweep, now)
+
+    def _sweep(self, now):
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = conn.execute("DELETE FROM peers WHERE expires_at <= ?", (now,)).rowcount
+            n += conn.execute("DELETE FROM nonces WHERE expires_at <= ?", (now,)).rowcount
+            n += conn.execute("DELETE FROM email_codes WHERE expires_at <= ?", (now,)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return n
+
+    # -- reads ------------------------------------------------------------------
+
+    def discover(self, limit, now, bootstrap_only=True):
+        """A random sample of live peers: Deferred of [(record_json, signature)]."""
+        return self._call(self._discover, limit, now, bootstrap_only)
+
+    def _discover(self, limit, now, bootstrap_only):
+        sql = "SELECT record, signature FROM peers WHERE expires_at > ?"
+        if bootstrap_only:
+            sql += " AND is_bootstrap = 1"
+        return self._conn.execute(sql + " ORDER BY random() LIMIT ?", (now, limit)).fetchall()
+
+    def bootstrap_nodes(self):
+        return self._call(self._bootstrap_nodes)
+
+    def _bootstrap_nodes(self):
+        return [r[0] for r in self._conn.execute("SELECT url FROM bootstrap_nodes ORDER BY url")]
+
+    def counts(self, now):
+        """Deferred of a dict of live counts for /health."""
+        return self._call(self._counts, now)
+
+    def _counts(self, now):
+        c = self._conn
+        return {
+            "peers": c.execute("SELECT count(*) FROM peers WHERE expires_at > ?", (now,)).fetchone()[0],
+            "bootstrap_peers": c.execute(
+                "SELECT count(*) FROM peers WHERE expires_at > ? AND is_bootstrap = 1", (now,)
+            ).fetchone()[0],
+            "bootstrap_servers": c.execute("SELECT count(*) FROM bootstrap_nodes").fetchone()[0],
+            "emails": c.execute("SELECT count(*) FROM emails").fetchone()[0],
+            "schema_version": database_version(c),
+        }
+
+
+class _CommitThenRaise(Exception):
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _code_hash(peer_id, code):
+    return hashlib.sha256(f"{peer_id}:{code}".encode()).hexdigest()

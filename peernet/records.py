@@ -1,0 +1,127 @@
+"""Signed peer records and signed JSON requests.
+
+A *peer record* is what a broadcasting peer says about itself (addresses,
+flags, version).  It is signed over its canonical JSON form, so any node can
+check it without trusting whoever relayed it::
+
+    {"record": {...}, "signature": "<base64 Ed25519 signature>"}
+
+A *signed request* (bootstrap register/unregister) is a JSON body whose exact
+bytes are signed; the signature travels in the ``Peernet-Signature`` header
+(base64).  The key is the one named in the body, and ``peer_id`` must equal
+the SHA-256 of that key, so only the holder of a peer_id can speak for it.
+
+Schemas come from the bootstrap's OpenAPI document (one place per fact).
+"""
+
+import base64
+import binascii
+import json
+import os
+
+from peernet import constants
+from peernet.errors import BadRequest, BadSignature, StaleTimestamp
+from peernet.identity import peer_id_for, verify
+from peernet.schemas import validator
+
+SIGNATURE_HEADER = "Peernet-Signature"
+
+
+def canonical_json(obj):
+    """Deterministic UTF-8 JSON bytes: sorted keys, no whitespace."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def b64encode(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text, what):
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise BadRequest(f"{what} is not valid base64")
+
+
+def new_nonce():
+    return os.urandom(16).hex()
+
+
+# -- peer records ---------------------------------------------------------------
+
+
+def make_record(identity, addresses, *, is_bootstrap=True, is_broadcasting=True,
+                version, issued_at_ms):
+    """Build and sign a peer record for ``identity``; returns the signed dict."""
+    record = {
+        "peer_id": identity.peer_id,
+        "public_key": b64encode(identity.public_key_der),
+        "addresses": list(addresses),
+        "is_broadcasting": bool(is_broadcasting),
+        "is_bootstrap": bool(is_bootstrap),
+        "version": int(version),
+        "issued_at": int(issued_at_ms),
+    }
+    return {"record": record, "signature": b64encode(identity.sign(canonical_json(record)))}
+
+
+def check_key_matches(peer_id, public_key_b64):
+    """Decode a record's key and check that it hashes to ``peer_id``."""
+    der = b64decode(public_key_b64, "public_key")
+    if peer_id_for(der) != peer_id:
+        raise BadSignature("peer_id is not the SHA-256 of public_key")
+    return der
+
+
+def verify_signed_record(signed):
+    """Validate a signed record's shape, key binding and signature.
+
+    Returns the inner record dict; raises BadRequest/BadSignature otherwise.
+    """
+    validator("SignedRecord").check(signed)
+    record = signed["record"]
+    der = check_key_matches(record["peer_id"], record["public_key"])
+    verify(der, b64decode(signed["signature"], "signature"), canonical_json(record))
+    return record
+
+
+# -- signed requests ------------------------------------------------------------
+
+
+def sign_request(identity, fields):
+    """Body bytes and header value for a signed request carrying ``fields``."""
+    body = canonical_json(fields)
+    return body, b64encode(identity.sign(body))
+
+
+def open_signed_request(body, signature_header, schema, now):
+    """Parse and check a signed request body; return the parsed dict.
+
+    Checks run cheapest first: JSON, schema, timestamp window, key binding,
+    and only then the signature.  ``now`` is the receiver's clock in seconds.
+    The caller still has to record the nonce (see BootstrapStore).
+    """
+    try:
+        fields = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON")
+    validator(schema).check(fields)
+    check_timestamp(fields["timestamp"], now)
+    if not signature_header:
+        raise BadSignature(f"the {SIGNATURE_HEADER} header is missing")
+    signature = b64decode(signature_header, f"the {SIGNATURE_HEADER} header")
+    der = check_key_matches(fields["peer_id"], fields["public_key"])
+    verify(der, signature, body)
+    return fields
+
+
+def check_timestamp(timestamp_ms, now):
+    skew = timestamp_ms / 1000.0 - now
+    if abs(skew) > constants.CLOCK_SKEW_SECONDS:
+        direction = "in the future" if skew > 0 else "old"
+        raise StaleTimestamp(
+            f"the timestamp is {abs(skew):.0f} s {direction}; at most "
+            f"{constants.CLOCK_SKEW_SECONDS} s of clock difference is accepted"
+        )

@@ -1,0 +1,171 @@
+"""Shared fixtures: real `twist bootstrap` processes on loopback, and helpers to
+talk to them with plain HTTP from the test thread."""
+
+import base64
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from peernet.identity import NodeIdentity
+from peernet.records import make_record, new_nonce, sign_request
+
+BIN = os.path.dirname(sys.executable)
+TWIST = os.path.join(BIN, "twist")
+START_TIMEOUT = 20
+
+
+class BootstrapProcess:
+    """A real `twist bootstrap` subprocess listening on 127.0.0.1 (port 0).
+
+    The port is read from the server's own "listening on" log line, so there
+    is no race for a free port.  Stopped by pid in every case.
+    """
+
+    def __init__(self, workdir, *args, db_path=None, host="127.0.0.1"):
+        self.workdir = workdir
+        self.db_path = db_path or os.path.join(workdir, "bootstrap.sqlite")
+        self.log_path = os.path.join(workdir, "bootstrap.log")
+        self.args = list(args)
+        self.host = host
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        self._log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [TWIST, "--log-format=text", "bootstrap",
+             "--listen", f"tcp:0:interface={self.host}", "--db", self.db_path, *self.args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+        )
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            match = re.search(r"listening on [\d.]+:(\d+)", self.log(since=self._log_offset))
+            if match:
+                self.port = int(match.group(1))
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"twist bootstrap exited early:\n{self.log()}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"twist bootstrap did not start in {START_TIMEOUT} s:\n{self.log()}")
+
+    @property
+    def url(self):
+        return f"http://{self.host}:{self.port}"
+
+    def log(self, since=0):
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill9(self):
+        self.stop(signal.SIGKILL)
+
+    # -- plain HTTP -----------------------------------------------------------
+
+    def request(self, method, path, body=None, headers=None, source=None, timeout=10):
+        """Send one request; return (status, headers dict, parsed JSON or raw bytes)."""
+        conn = http.client.HTTPConnection(
+            self.host, self.port, timeout=timeout,
+            source_address=(source, 0) if source else None,
+        )
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            raw = resp.read()
+            hdrs = {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw
+        return resp.status, hdrs, parsed
+
+    def post_signed(self, path, body, signature, source=None):
+        headers = {"Content-Type": "application/json"}
+        if signature is not None:
+            headers["Peernet-Signature"] = signature
+        return self.request("POST", path, body, headers, source=source)
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def registration(identity=None, *, addresses=None, is_bootstrap=True, is_broadcasting=True,
+                 version=1, email=None, email_code=None, timestamp=None, nonce=None,
+                 extra=None):
+    """(identity, body bytes, signature) of a signed register request."""
+    identity = identity or NodeIdentity.generate()
+    ts = now_ms() if timestamp is None else timestamp
+    signed = make_record(
+        identity, addresses or ["wss://127.0.0.1:8701/gossip"],
+        is_bootstrap=is_bootstrap, is_broadcasting=is_broadcasting,
+        version=version, issued_at_ms=ts,
+    )
+    fields = {
+        "type": "register", "peer_id": identity.peer_id,
+        "public_key": signed["record"]["public_key"], "signed_record": signed,
+        "timestamp": ts, "nonce": nonce or new_nonce(),
+    }
+    if email is not None:
+        fields["email"] = email
+    if email_code is not None:
+        fields["email_code"] = email_code
+    fields.update(extra or {})
+    body, sig = sign_request(identity, fields)
+    return identity, body, sig
+
+
+def unregistration(identity, *, release_email=False, timestamp=None, nonce=None):
+    public_key = base64.b64encode(identity.public_key_der).decode()
+    fields = {
+        "type": "unregister", "peer_id": identity.peer_id, "public_key": public_key,
+        "release_email": release_email,
+        "timestamp": now_ms() if timestamp is None else timestamp,
+        "nonce": nonce or new_nonce(),
+    }
+    return sign_request(identity, fields)
+
+
+@pytest.fixture
+def bootstrap_factory(tmp_path):
+    """Start bootstrap servers with extra arguments; all are stopped afterwards."""
+    started = []
+
+    def start(*args, workdir=None, **kw):
+        wd = workdir or tmp_path / f"bootstrap{len(started)}"
+        os.makedirs(wd, exist_ok=True)
+        server = BootstrapProcess(str(wd), *args, **kw)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def bootstrap_server(bootstrap_factory):
+    return bootstrap_factory()

@@ -1,0 +1,142 @@
+"""BootstrapStore on real SQLite files: schema versions, expiry, sweeps, rules."""
+
+import sqlite3
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from peernet.bootstrap import store as store_module
+from peernet.bootstrap.store import BootstrapStore, CodeIssued, Registered, Registration
+from peernet.errors import BadRequest, ConfigError, Conflict, ReplayedNonce
+
+
+def schema_of(path):
+    conn = sqlite3.connect(path)
+    try:
+        objects = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
+        return objects, store_module.database_version(conn)
+    finally:
+        conn.close()
+
+
+def test_fresh_database_equals_upgraded_database(tmp_path):
+    fresh, old = tmp_path / "fresh.sqlite", tmp_path / "old.sqlite"
+    conn = sqlite3.connect(fresh)
+    assert store_module.create_or_upgrade(conn) == 0
+    conn.close()
+    # A database made by the first release, with data in it, then upgraded.
+    conn = sqlite3.connect(old, isolation_level=None)
+    store_module.create_or_upgrade(conn, target=1)
+    conn.execute("INSERT INTO emails VALUES ('a@example.org', 'p', 0, 1.0)")
+    assert store_module.database_version(conn) == 1
+    assert store_module.create_or_upgrade(conn) == 1
+    assert conn.execute("SELECT email FROM emails").fetchall() == [("a@example.org",)]
+    conn.close()
+    assert schema_of(fresh) == schema_of(old)
+    assert schema_of(fresh)[1] == store_module.SCHEMA_VERSION
+
+
+def test_newer_or_foreign_database_is_refused(tmp_path):
+    conn = sqlite3.connect(tmp_path / "new.sqlite", isolation_level=None)
+    store_module.create_or_upgrade(conn)
+    conn.execute("UPDATE version SET version = 99")
+    with pytest.raises(ConfigError, match="newer"):
+        store_module.create_or_upgrade(conn)
+    conn.close()
+    conn = sqlite3.connect(tmp_path / "other.sqlite")
+    conn.execute("CREATE TABLE something (x)")
+    with pytest.raises(ConfigError, match="not a peernet bootstrap database"):
+        store_module.create_or_upgrade(conn)
+    conn.close()
+
+
+def reg(peer_id="a" * 64, version=1, email=None, code=None, nonce=None, bootstrap=True):
+    return Registration(
+        peer_id=peer_id, record_json='{"peer_id":"%s"}' % peer_id, signature="c2ln",
+        version=version, is_bootstrap=bootstrap, email=email, email_code=code,
+        nonce=nonce or __import__("os").urandom(16).hex(),
+    )
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = BootstrapStore(reactor, tmp_path / "db.sqlite", ttl=3600)
+    pytest_twisted.blockon(s.open())
+    yield s
+    pytest_twisted.blockon(s.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_expired_rows_are_invisible_at_once_and_swept(store):
+    t0 = 1_000_000.0
+    result = await store.register(reg(), t0)
+    assert isinstance(result, Registered) and result.expires_at == t0 + 3600
+    assert len(await store.discover(16, t0 + 3599)) == 1
+    assert await store.discover(16, t0 + 3600) == []  # invisible the moment it expires
+    assert (await store.counts(t0 + 3600))["peers"] == 0
+    deleted = await store.sweep(t0 + 3600)
+    assert deleted >= 2  # the peer row and its nonce
+    assert await store.discover(16, t0) == []  # really gone, not just hidden
+
+
+@pytest_twisted.ensureDeferred
+async def test_nonce_is_single_use_until_swept(store):
+    t0 = 5_000.0
+    await store.register(reg(nonce="n" * 32), t0)
+    with pytest.raises(ReplayedNonce):
+        await store.register(reg(nonce="n" * 32), t0 + 10)
+    await store.sweep(t0 + 3600 + 120)
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_write_leaves_no_trace(store, tmp_path):
+    t0 = 10_000.0
+    await store.register(reg(version=3, email="x@example.org"), t0)
+    before = await store.counts(t0)
+    with pytest.raises(Conflict):
+        await store.register(reg(version=2, nonce="m" * 32), t0)
+    with pytest.raises(Conflict):
+        await store.register(reg(peer_id="b" * 64, email="x@example.org"), t0)
+    assert await store.counts(t0) == before
+    # The refused requests' nonces were not consumed either.
+    await store.register(reg(version=3, nonce="m" * 32), t0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_email_code_flow(tmp_path):
+    s = BootstrapStore(reactor, tmp_path / "db.sqlite", email_verification=True)
+    await s.open()
+    try:
+        t0 = 1000.0
+        issued = await s.register(reg(email="v@example.org"), t0)
+        assert isinstance(issued, CodeIssued) and len(issued.code) == 8
+        assert (await s.counts(t0))["peers"] == 0  # nothing about the peer yet
+        wrong = "%08d" % ((int(issued.code) + 1) % 10**8)
+        with pytest.raises(BadRequest, match="wrong"):
+            await s.register(reg(email="v@example.org", code=wrong), t0)
+        with pytest.raises(BadRequest):  # another peer cannot use the code
+            await s.register(reg(peer_id="c" * 64, email="v@example.org", code=issued.code), t0)
+        done = await s.register(reg(email="v@example.org", code=issued.code), t0)
+        assert isinstance(done, Registered)
+        assert (await s.counts(t0))["emails"] == 1
+    finally:
+        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_email_code_attempts_are_limited(tmp_path):
+    s = BootstrapStore(reactor, tmp_path / "db.sqlite", email_verification=True)
+    await s.open()
+    try:
+        issued = await s.register(reg(email="w@example.org"), 0.0)
+        wrong = "%08d" % ((int(issued.code) + 1) % 10**8)
+        for _ in range(store_module.MAX_EMAIL_CODE_ATTEMPTS):
+            with pytest.raises(BadRequest, match="wrong"):
+                await s.register(reg(email="w@example.org", code=wrong), 1.0)
+        with pytest.raises(BadRequest, match="too many"):
+            await s.register(reg(email="w@example.org", code=issued.code), 1.0)
+    finally:
+        await s.close()

@@ -28,12 +28,15 @@ class BootstrapProcess:
     is no race for a free port.  Stopped by pid in every case.
     """
 
-    def __init__(self, workdir, *args, db_path=None, host="127.0.0.1"):
+    def __init__(self, workdir, *args, db_path=None, host="127.0.0.1", listen=None,
+                 scheme="http"):
         self.workdir = workdir
         self.db_path = db_path or os.path.join(workdir, "bootstrap.sqlite")
         self.log_path = os.path.join(workdir, "bootstrap.log")
         self.args = list(args)
         self.host = host
+        self.listen = listen or f"tcp:0:interface={host}"
+        self.scheme = scheme
         self.proc = None
         self.port = None
 
@@ -42,7 +45,7 @@ class BootstrapProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [TWIST, "--log-format=text", "bootstrap",
-             "--listen", f"tcp:0:interface={self.host}", "--db", self.db_path, *self.args],
+             "--listen", self.listen, "--db", self.db_path, *self.args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=self.workdir,
         )
@@ -61,7 +64,7 @@ class BootstrapProcess:
 
     @property
     def url(self):
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def log(self, since=0):
         with open(self.log_path, "rb") as f:

@@ -16,7 +16,7 @@ import os
 import stat
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -144,9 +144,18 @@ class NodeIdentity:
             data = _read(cert_path, "certificate")
             try:
                 certificate = x509.load_pem_x509_certificate(data)
-            except ValueError:
+                # Parsing is lazy: reach the key and check the self-signature
+                # now, so damage is reported here rather than as an unknown
+                # exception below or as every peer refusing our TLS handshakes.
+                certificate.verify_directly_issued_by(certificate)
+            except (ValueError, TypeError, UnsupportedAlgorithm):
                 raise IdentityError(
                     f"the certificate file {cert_path} is corrupt (not a PEM certificate)"
+                )
+            except InvalidSignature:
+                raise IdentityError(
+                    f"the certificate file {cert_path} is corrupt (its self-signature "
+                    "does not verify)"
                 )
         identity = cls.__new__(cls)
         try:
@@ -189,7 +198,7 @@ def _read_key(key_path):
     data = _read(key_path, "key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise IdentityError(
             f"the key file {key_path} is corrupt or encrypted (expected an unencrypted "
             "PEM PKCS#8 Ed25519 key); it was left untouched"

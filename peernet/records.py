@@ -82,6 +82,8 @@ def verify_signed_record(signed):
     """
     validator("SignedRecord").check(signed)
     record = signed["record"]
+    if type(record["version"]) is not int or type(record["issued_at"]) is not int:
+        raise BadRequest("record version and issued_at must be whole numbers")
     der = check_key_matches(record["peer_id"], record["public_key"])
     verify(der, b64decode(signed["signature"], "signature"), canonical_json(record))
     return record
@@ -104,7 +106,7 @@ def open_signed_request(body, signature_header, schema, now):
     The caller still has to record the nonce (see BootstrapStore).
     """
     try:
-        fields = json.loads(body)
+        fields = json.loads(body, parse_float=_refuse_float, parse_constant=_refuse_float)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the request body is not valid JSON")
     validator(schema).check(fields)
@@ -115,6 +117,12 @@ def open_signed_request(body, signature_header, schema, now):
     der = check_key_matches(fields["peer_id"], fields["public_key"])
     verify(der, signature, body)
     return fields
+
+
+def _refuse_float(text):
+    # Signed JSON carries whole numbers only: "1.0" and "1" would sign
+    # differently in other languages' canonical forms.
+    raise BadRequest(f"numbers must be whole numbers, not {text[:20]}")
 
 
 def check_timestamp(timestamp_ms, now):

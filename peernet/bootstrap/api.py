@@ -121,7 +121,13 @@ class BootstrapAPI(Resource):
         )
         outcome = await self.store.register(reg, now)
         if isinstance(outcome, CodeIssued):
-            await self.mailer.send_code(outcome.email, outcome.code)
+            try:
+                await self.mailer.send_code(outcome.email, outcome.code)
+            except Exception:
+                # The code never reached anyone: forget it, so a failed
+                # request leaves nothing pending behind.
+                await self.store.drop_email_code(outcome.email, reg.peer_id)
+                raise
             return 202, {
                 "status": "verification_sent",
                 "email": outcome.email,

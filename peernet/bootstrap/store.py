@@ -293,6 +293,15 @@ class BootstrapStore:
         )
         return None
 
+    def drop_email_code(self, email, peer_id):
+        """Forget a pending email code (it could not be sent). Deferred."""
+        return self._call(self._drop_email_code, email, peer_id)
+
+    def _drop_email_code(self, email, peer_id):
+        self._conn.execute(
+            "DELETE FROM email_codes WHERE email = ? AND peer_id = ?", (email, peer_id)
+        )
+
     def unregister(self, peer_id, nonce, release_email, now):
         """Remove a peer at once. Deferred of (removed, email_released)."""
         return self._call(self._unregister, peer_id, nonce, release_email, now)

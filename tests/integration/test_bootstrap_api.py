@@ -234,6 +234,8 @@ def _bad_inputs():
         "record of another peer": lambda: _other_peer_record(json_headers),
         "stale timestamp": lambda: ("POST", REGISTER, *signed_h(timestamp=now_ms() - 31_000), 400),
         "future timestamp": lambda: ("POST", REGISTER, *signed_h(timestamp=now_ms() + 31_000), 400),
+        "float number": lambda: ("POST", REGISTER, *resign(lambda f: f.update(timestamp=f["timestamp"] + 0.5)), 400),
+        "non-ascii email": lambda: ("POST", REGISTER, *signed_h(email="jos\u00e9@example.org"), 400),
         "unknown path": lambda: ("GET", "/api/bootstrap/nothing", None, {}, 404),
         "root path": lambda: ("GET", "/", None, {}, 404),
         "wrong method": lambda: ("PUT", REGISTER, b"{}", json_headers(), 405),
@@ -323,3 +325,17 @@ def test_no_trace_of_callers_in_log_or_database(bootstrap_server):
     for blob in blobs:
         for address in (b"127.0.0.77", b"127.0.0.78", b"127.0.0.79"):
             assert address not in blob
+
+
+def test_mail_server_down_leaves_nothing_pending(bootstrap_factory):
+    import socket
+
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    server = bootstrap_factory("--smtp", f"smtp://127.0.0.1:{closed_port}")
+    _, status, reply = register(server, email="down@example.org")
+    assert status == 503 and reply["error"]["code"] == "unavailable", reply
+    assert_matches_openapi(REGISTER, "post", status, reply)
+    rows = db_rows(server)
+    assert rows["peers"] == 0 and rows["email_codes"] == 0 and rows["emails"] == 0

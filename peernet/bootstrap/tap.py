@@ -133,7 +133,6 @@ def makeService(config, reactor=None):
         reactor, config["db"], ttl=config["ttl"],
         email_verification=config["mailer"] is not None,
     )
-    StoreService(store, config["federate"]).setServiceParent(top)
     api = BootstrapAPI(
         reactor, store,
         ip_limiter=RateLimiter(reactor, *config["rate-ip"]),
@@ -141,8 +140,12 @@ def makeService(config, reactor=None):
         mailer=config["mailer"],
     )
     site = make_site(api)
+    # Listeners start first: a port in use then exits before any thread exists
+    # (the store's worker thread would keep a dying process alive).  Requests
+    # that arrive before the store is open wait in its queue behind open().
     for description in config["listen"]:
         ListeningService(reactor, COMMAND, description, site).setServiceParent(top)
+    StoreService(store, config["federate"]).setServiceParent(top)
 
     def sweep():
         d = store.sweep(reactor.seconds())

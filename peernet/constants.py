@@ -26,3 +26,49 @@ MAX_ADDRESS_LENGTH = 255
 SWEEP_INTERVAL_SECONDS = 60
 #: Email verification codes (only with --smtp) stay valid this long.
 EMAIL_CODE_TTL_SECONDS = 900
+
+# Gossip -------------------------------------------------------------------------
+PROTOCOL_VERSION = 1
+WEBSOCKET_SUBPROTOCOL = "peernet.1"
+GOSSIP_PATH = "/gossip"
+#: Largest TTL any message may carry, and the TTL each type is sent with.
+MAX_TTL = 32
+TTL_ANNOUNCEMENT = 32
+TTL_UPDATE = 32
+TTL_REQUEST = 16
+TTL_RESPONSE = 16
+TTL_HEARTBEAT = 2
+#: Highest TTL accepted per message type (HELLO is link-local: 0..1).
+MAX_TTL_BY_TYPE = {1: 1, 2: 32, 3: 16, 4: 16, 5: 2, 6: 32}
+#: Push fan-out on first receipt of an announcement or update.
+FANOUT = 3
+#: After pushing, a node tells the neighbours it did not push to its new
+#: table digest this much later (coalesced), so a neighbour the random push
+#: missed pulls the record at once instead of at the next heartbeat.
+DIGEST_PING_DELAY = 0.05
+HEARTBEAT_INTERVAL = 30.0
+#: A link that has been silent this long (missed heartbeats) is closed.
+LINK_DEAD_AFTER = 3 * HEARTBEAT_INTERVAL + 5
+#: A record is live for this long after its signed issued_at ...
+RECORD_LIFETIME = 2 * 3600
+#: ... and its owner signs a fresh copy (same version) this often.
+RECORD_REFRESH_INTERVAL = 30 * 60
+#: Anti-entropy buckets (by the first byte of peer_id).
+DIGEST_BUCKETS = 256
+#: Reverse-path memory for PEER_REQUEST ids.
+REQUEST_ROUTE_SECONDS = 60
+MAX_REQUEST_ROUTES = 10_000
+#: Deduplication: two Bloom generations, each at least this long.
+DEDUP_GENERATION_SECONDS = 2 * CLOCK_SKEW_SECONDS
+DEDUP_CAPACITY = 100_000
+DEDUP_ERROR_RATE = 1e-6
+#: Links: target outbound links, and the cap on inbound ones.
+TARGET_LINKS = 8
+MAX_INBOUND_LINKS = 64
+RECONNECT_BASE_DELAY = 1.0
+RECONNECT_MAX_DELAY = 300.0
+#: Records returned in one PEER_LIST_RESPONSE frame (it must stay < 64 KiB).
+MAX_RECORDS_PER_RESPONSE = 64
+SNAPSHOT_INTERVAL = 60.0
+#: A link that sends no HELLO this long after opening is closed.
+HELLO_TIMEOUT = 10.0

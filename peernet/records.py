@@ -53,7 +53,7 @@ def new_nonce():
 
 
 def make_record(identity, addresses, *, is_bootstrap=True, is_broadcasting=True,
-                version, issued_at_ms):
+                version, issued_at_ms, repos=None):
     """Build and sign a peer record for ``identity``; returns the signed dict."""
     record = {
         "peer_id": identity.peer_id,
@@ -64,6 +64,8 @@ def make_record(identity, addresses, *, is_bootstrap=True, is_broadcasting=True,
         "version": int(version),
         "issued_at": int(issued_at_ms),
     }
+    if repos:
+        record["repos"] = [dict(r) for r in repos]
     return {"record": record, "signature": b64encode(identity.sign(canonical_json(record)))}
 
 
@@ -86,6 +88,25 @@ def verify_signed_record(signed):
         raise BadRequest("record version and issued_at must be whole numbers")
     der = check_key_matches(record["peer_id"], record["public_key"])
     verify(der, b64decode(signed["signature"], "signature"), canonical_json(record))
+    return record
+
+
+def record_from_bytes(record_bytes, signature):
+    """Check a record carried as its canonical JSON bytes plus signature.
+
+    Used by gossip, which moves records as bytes.  The bytes must be the
+    canonical form (one record, one byte string: digests and ids depend on
+    it), signed by the key they name.  Returns the record dict.
+    """
+    try:
+        record = json.loads(record_bytes, parse_float=_refuse_float, parse_constant=_refuse_float)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the record is not valid JSON")
+    validator("PeerRecord").check(record)
+    if canonical_json(record) != record_bytes:
+        raise BadRequest("the record is not in canonical JSON form")
+    der = check_key_matches(record["peer_id"], record["public_key"])
+    verify(der, signature, record_bytes)
     return record
 
 

@@ -104,6 +104,9 @@ class BootstrapAPI(Resource):
                 "only broadcasting peers register; a silent peer must not call register",
                 code="not_broadcasting",
             )
+        if not record["addresses"]:
+            raise BadRequest("a registered record needs at least one address",
+                             code="no_addresses")
         email = fields.get("email")
         if email is not None:
             email = email.strip().lower()

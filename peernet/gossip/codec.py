@@ -1,0 +1,284 @@
+"""The gossip wire format: the one module that encodes and decodes frames.
+
+One WebSocket binary frame carries one message, a msgpack map::
+
+    {"v": 1, "type": <1..6>, "ttl": <0..32>, "body": <bytes>, "sig": <bytes or nil>}
+
+``body`` is itself a msgpack map, kept as the exact bytes received: the
+message id is ``sha256(body)[:16]``, and for the types signed by their origin
+(PEER_ANNOUNCEMENT, PEER_UPDATE) ``sig`` is Ed25519 over those bytes, so no
+relay can alter a message without changing its identity or breaking its
+signature.  ``ttl`` sits outside the body because every hop decrements it.
+
+:func:`decode` checks everything that can be checked without state or time:
+size, structure, exact field sets and types, the TTL range of the type, and
+whether ``sig`` is present exactly when the type needs it.  Timestamps,
+deduplication and signatures are the GossipCore's job (in that order, cheapest
+first).  Every problem raises :class:`CodecError`; nothing else escapes.
+"""
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+import msgpack
+
+from peernet import constants
+from peernet.errors import BadRequest
+
+
+class MessageType(enum.IntEnum):
+    HELLO = 1
+    PEER_ANNOUNCEMENT = 2
+    PEER_REQUEST = 3
+    PEER_LIST_RESPONSE = 4
+    HEARTBEAT = 5
+    PEER_UPDATE = 6
+
+
+#: Types whose envelope is signed by the origin named in the body's record.
+SIGNED_TYPES = frozenset({MessageType.PEER_ANNOUNCEMENT, MessageType.PEER_UPDATE})
+#: Types relayed beyond one link (deduplicated by message id).
+RELAYED_TYPES = frozenset({
+    MessageType.PEER_ANNOUNCEMENT, MessageType.PEER_UPDATE,
+    MessageType.PEER_REQUEST, MessageType.PEER_LIST_RESPONSE,
+})
+
+ID_BYTES = 16
+DIGEST_BYTES = 16
+BUCKET_HASH_BYTES = 8
+SIGNATURE_BYTES = 64
+MAX_RECORD_BYTES = 16 * 1024
+
+
+class CodecError(BadRequest):
+    """A frame that is not a valid peernet message; ``code`` says why."""
+
+    code = "malformed"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded, structurally valid message."""
+
+    type: MessageType
+    ttl: int
+    body: dict
+    body_bytes: bytes
+    sig: "bytes | None"
+    version: int = constants.PROTOCOL_VERSION
+
+    @property
+    def id(self):
+        return message_id(self.body_bytes)
+
+
+def message_id(body_bytes):
+    return hashlib.sha256(body_bytes).digest()[:ID_BYTES]
+
+
+# -- field checks -----------------------------------------------------------------
+
+
+def _bin(n=None, max_len=None):
+    def check(v):
+        if not isinstance(v, bytes):
+            return "must be bytes"
+        if n is not None and len(v) != n:
+            return f"must be {n} bytes"
+        if max_len is not None and len(v) > max_len:
+            return f"must be at most {max_len} bytes"
+    return check
+
+
+def _int(lo, hi):
+    def check(v):
+        if type(v) is not int or not lo <= v <= hi:
+            return f"must be an integer from {lo} to {hi}"
+    return check
+
+
+def _bool(v):
+    if type(v) is not bool:
+        return "must be true or false"
+
+
+def _str(lo, hi):
+    def check(v):
+        if not isinstance(v, str) or not lo <= len(v) <= hi:
+            return f"must be a string of {lo} to {hi} characters"
+    return check
+
+
+def _hex64(v):
+    if not isinstance(v, str) or len(v) != 64 or v.strip("0123456789abcdef"):
+        return "must be 64 lowercase hex characters"
+
+
+def _versions(v):
+    if not isinstance(v, list) or not 1 <= len(v) <= 8 or any(type(x) is not int or not 0 < x < 256 for x in v):
+        return "must be a list of 1 to 8 small integers"
+
+
+def _records(v):
+    if not isinstance(v, list) or len(v) > constants.MAX_RECORDS_PER_RESPONSE:
+        return f"must be a list of at most {constants.MAX_RECORDS_PER_RESPONSE} records"
+    for item in v:
+        if (not isinstance(item, list) or len(item) != 2
+                or _bin(max_len=MAX_RECORD_BYTES)(item[0]) or _bin(SIGNATURE_BYTES)(item[1])):
+            return "must hold [record bytes, 64-byte signature] pairs"
+
+
+def _buckets(v):
+    if not isinstance(v, dict) or len(v) > constants.DIGEST_BUCKETS:
+        return "must map bucket numbers to hashes"
+    for k, h in v.items():
+        if type(k) is not int or not 0 <= k < constants.DIGEST_BUCKETS or _bin(BUCKET_HASH_BYTES)(h):
+            return f"must map bucket numbers (0-{constants.DIGEST_BUCKETS - 1}) to {BUCKET_HASH_BYTES}-byte hashes"
+
+
+_TS = _int(0, 2**53)
+_COMMON = {"id": (_bin(ID_BYTES), True), "ts": (_TS, True)}
+_RECORD = {"rec": (_bin(max_len=MAX_RECORD_BYTES), True), "rsig": (_bin(SIGNATURE_BYTES), True)}
+
+#: field -> (check, required) for each message type's body.
+BODY_FIELDS = {
+    MessageType.HELLO: {
+        **_COMMON,
+        "versions": (_versions, True),
+        "bc": (_bool, True),
+        "rec": (_bin(max_len=MAX_RECORD_BYTES), False),
+        "rsig": (_bin(SIGNATURE_BYTES), False),
+        "repos": (_int(0, 2**31), True),
+        "digest": (_bin(DIGEST_BYTES), True),
+        "n": (_int(0, 2**31), True),
+    },
+    MessageType.PEER_ANNOUNCEMENT: {**_COMMON, **_RECORD},
+    MessageType.PEER_UPDATE: {**_COMMON, **_RECORD},
+    MessageType.PEER_REQUEST: {
+        **_COMMON,
+        "repo": (_str(1, 255), False),
+        "peer": (_hex64, False),
+        "sync": (_buckets, False),
+    },
+    MessageType.PEER_LIST_RESPONSE: {
+        **_COMMON,
+        "re": (_bin(ID_BYTES), True),
+        "recs": (_records, True),
+    },
+    MessageType.HEARTBEAT: {
+        **_COMMON,
+        "digest": (_bin(DIGEST_BYTES), True),
+        "n": (_int(0, 2**31), True),
+        "load": (_int(0, 100), True),
+    },
+}
+
+_ENVELOPE_KEYS = frozenset({"v", "type", "ttl", "body", "sig"})
+
+
+def _unpack(data, what):
+    try:
+        value = msgpack.unpackb(
+            data, raw=False, strict_map_key=False, use_list=True,
+            ext_hook=_no_ext, timestamp=0,
+        )
+    except CodecError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData,
+            OverflowError, RecursionError, UnicodeDecodeError) as e:
+        raise CodecError(f"the {what} is not valid msgpack ({type(e).__name__})")
+    if not isinstance(value, dict):
+        raise CodecError(f"the {what} is not a map")
+    return value
+
+
+def _no_ext(code, data):
+    raise CodecError("msgpack extension types are not allowed")
+
+
+def decode(frame):
+    """Decode and structurally validate one frame; raise CodecError if bad."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise CodecError("a frame must be bytes")
+    if len(frame) > constants.MAX_MESSAGE_BYTES:
+        raise CodecError(
+            f"the frame is {len(frame)} bytes; the limit is {constants.MAX_MESSAGE_BYTES}",
+            code="oversized",
+        )
+    env = _unpack(bytes(frame), "frame")
+    if set(env) != _ENVELOPE_KEYS:
+        raise CodecError("the envelope must have exactly the fields v, type, ttl, body, sig")
+    if env["v"] != constants.PROTOCOL_VERSION or type(env["v"]) is not int:
+        raise CodecError(f"unsupported protocol version {env['v']!r}", code="bad_version")
+    try:
+        mtype = MessageType(env["type"]) if type(env["type"]) is int else None
+    except ValueError:
+        mtype = None
+    if mtype is None:
+        raise CodecError(f"unknown message type {str(env['type'])[:20]}", code="unknown_type")
+    ttl = env["ttl"]
+    if type(ttl) is not int or not 0 <= ttl <= constants.MAX_TTL_BY_TYPE[mtype]:
+        raise CodecError(
+            f"ttl {str(ttl)[:20]} is out of range for {mtype.name} "
+            f"(0-{constants.MAX_TTL_BY_TYPE[mtype]})",
+            code="bad_ttl",
+        )
+    body_bytes, sig = env["body"], env["sig"]
+    if not isinstance(body_bytes, bytes):
+        raise CodecError("body must be bytes")
+    if mtype in SIGNED_TYPES:
+        if _bin(SIGNATURE_BYTES)(sig):
+            raise CodecError(f"{mtype.name} needs a 64-byte signature", code="bad_signature")
+    elif sig is not None:
+        raise CodecError(f"{mtype.name} must not carry a signature")
+    body = _unpack(body_bytes, "body")
+    _check_body(mtype, body)
+    return Message(mtype, ttl, body, body_bytes, sig)
+
+
+def _check_body(mtype, body):
+    fields = BODY_FIELDS[mtype]
+    unknown = set(body) - set(fields)
+    if unknown:
+        raise CodecError(f"{mtype.name} has unknown fields: {', '.join(sorted(map(str, unknown)))[:100]}")
+    for name, (check, required) in fields.items():
+        if name not in body:
+            if required:
+                raise CodecError(f"{mtype.name} is missing the field {name}")
+            continue
+        problem = check(body[name])
+        if problem:
+            raise CodecError(f"{mtype.name}.{name} {problem}")
+    if mtype is MessageType.HELLO and body["bc"] != ("rec" in body and "rsig" in body):
+        raise CodecError("HELLO carries a record exactly when it is from a broadcasting peer")
+    if mtype is MessageType.HELLO and not body["bc"] and ("rec" in body or "rsig" in body):
+        raise CodecError("a silent peer's HELLO must not carry a record")
+    if mtype is MessageType.PEER_REQUEST and sum(k in body for k in ("repo", "peer", "sync")) != 1:
+        raise CodecError("PEER_REQUEST asks exactly one of repo, peer or sync")
+
+
+# -- encoding ---------------------------------------------------------------------
+
+
+def encode_body(mtype, body):
+    """Encode a body after checking it as decode() would (so we never send junk)."""
+    _check_body(MessageType(mtype), body)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def encode(mtype, ttl, body_bytes, sig=None):
+    """A frame around already-encoded body bytes."""
+    frame = msgpack.packb(
+        {"v": constants.PROTOCOL_VERSION, "type": int(mtype), "ttl": ttl,
+         "body": body_bytes, "sig": sig},
+        use_bin_type=True,
+    )
+    if len(frame) > constants.MAX_MESSAGE_BYTES:
+        raise CodecError("the message would exceed the frame limit", code="oversized")
+    return frame
+
+
+def relay(message, ttl):
+    """The frame for forwarding ``message`` with a new TTL (body untouched)."""
+    return encode(message.type, ttl, message.body_bytes, message.sig)

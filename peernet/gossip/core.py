@@ -1,0 +1,581 @@
+"""GossipCore: the gossip protocol with no I/O.
+
+The core is fed link events, frames and the passage of time, and answers
+with a list of actions (frames to send, links to close, table changes,
+search answers, penalties).  The Autobahn protocol, the in-memory test
+network and the simulator all drive this same object.
+
+Rules (docs/protocol.md has the full text):
+
+* Checks run cheapest first: codec (size, structure, TTL range, fields),
+  timestamp window, duplicate filter, then signatures, verified once per
+  unique message.  A message id enters the duplicate filter only after its
+  signature verified, so a forged copy cannot shadow the genuine one.
+* PEER_ANNOUNCEMENT / PEER_UPDATE: applied to the table; if they changed it,
+  forwarded (TTL - 1) to FANOUT random links that are not known to have it.
+  The origin pushes its own messages to every link.
+* Every table change schedules a *digest ping* (an early HEARTBEAT) to the
+  links not known to hold the change, DIGEST_PING_DELAY later; a neighbour
+  whose digest differs pulls the differing buckets (PEER_REQUEST "sync",
+  answered by PEER_LIST_RESPONSE).  Regular heartbeats do the same every
+  HEARTBEAT_INTERVAL: this anti-entropy is what takes coverage from "most" to
+  every live peer holding every live record.
+* PEER_REQUEST carries no origin.  A node that knows matching records answers
+  on the link the request came from; otherwise it forwards to FANOUT links
+  and remembers request id -> inbound link for REQUEST_ROUTE_SECONDS, so the
+  answer travels back along the reverse path.
+* Silent mode: no own record, HELLO says ``bc: false`` and carries nothing
+  that identifies the node.  Nothing the core stores or sends ever contains a
+  link's remote identity or address: the table holds only self-signed
+  records, and links are known by opaque ids the adapter chooses.
+"""
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from pybloom_live import BloomFilter
+
+from peernet import constants
+from peernet.errors import PeernetError
+from peernet.gossip import codec
+from peernet.gossip.codec import MessageType
+from peernet.gossip.table import PeerTable, entry_from_wire
+from peernet.identity import verify
+from peernet.records import b64decode, b64encode, canonical_json, make_record
+
+# -- actions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    link: object
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class Close:
+    link: object
+    reason: str
+
+
+@dataclass(frozen=True)
+class TableChange:
+    kind: str  # "added", "updated", "refreshed", "removed"
+    peer_id: str
+
+
+@dataclass(frozen=True)
+class SearchAnswer:
+    request_id: bytes
+    peer_ids: tuple
+
+
+@dataclass(frozen=True)
+class Penalty:
+    """The remote end of ``link`` sent something invalid or abusive."""
+
+    link: object
+    code: str
+    detail: str = ""
+
+
+# -- state ----------------------------------------------------------------------------
+
+
+@dataclass
+class LinkState:
+    id: object
+    outbound: bool
+    #: peer_id proven by TLS; None for a silent peer's ephemeral key is not
+    #: distinguished here: the core never stores it anywhere but this field.
+    tls_peer_id: "str | None"
+    opened_at: float
+    last_heard: float
+    last_heartbeat_sent: float = 0.0
+    hello_received: bool = False
+    remote_broadcasting: bool = False
+    remote_digest: bytes = b""
+    sync_outstanding_since: "float | None" = None
+    #: ids of our recent sync requests on this link (answers may span frames)
+    sync_ids: OrderedDict = field(default_factory=OrderedDict)
+    ping_due: "float | None" = None
+    #: record hashes this link is known to hold (sent to it or received from it)
+    known: OrderedDict = field(default_factory=OrderedDict)
+    penalties: int = 0
+
+    def mark_known(self, h):
+        self.known[h] = None
+        self.known.move_to_end(h)
+        if len(self.known) > 4096:
+            self.known.popitem(last=False)
+
+
+class DuplicateFilter:
+    """Two rotating Bloom generations; each lives at least ``period`` seconds."""
+
+    def __init__(self, clock, period=constants.DEDUP_GENERATION_SECONDS,
+                 capacity=constants.DEDUP_CAPACITY, error_rate=constants.DEDUP_ERROR_RATE):
+        self.clock = clock
+        self.period = period
+        self.capacity = capacity
+        self.error_rate = error_rate
+        self.current = BloomFilter(capacity=capacity, error_rate=error_rate)
+        self.previous = None
+        self.started = clock.seconds()
+
+    def _maybe_rotate(self):
+        now = self.clock.seconds()
+        # Rotate by age, or before the generation fills (pybloom raises when full).
+        if now - self.started >= self.period or self.current.count >= self.capacity * 0.95:
+            self.previous, self.current = self.current, BloomFilter(
+                capacity=self.capacity, error_rate=self.error_rate)
+            self.started = now
+
+    def seen(self, message_id):
+        key = message_id.hex()
+        return key in self.current or (self.previous is not None and key in self.previous)
+
+    def add(self, message_id):
+        self._maybe_rotate()
+        self.current.add(message_id.hex())
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    sent: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    forwarded: int = 0
+    by_type_in: dict = field(default_factory=dict)
+    by_type_out: dict = field(default_factory=dict)
+
+
+# -- the core -----------------------------------------------------------------------------
+
+
+class GossipCore:
+    """See the module docstring.  ``clock`` has ``seconds()``; ``rng`` is a
+    ``random.Random``; ``identity`` signs this node's own record and messages
+    (a silent node passes its identity too but never publishes anything)."""
+
+    def __init__(self, identity, clock, rng, *, broadcasting=False, addresses=(),
+                 is_bootstrap=True, repos=(), fanout=constants.FANOUT, table=None,
+                 on_unknown_frame=None):
+        self.identity = identity
+        self.clock = clock
+        self.rng = rng
+        self.fanout = fanout
+        self.table = table if table is not None else PeerTable()
+        self.links = {}
+        self.dedup = DuplicateFilter(clock)
+        self.routes = OrderedDict()  # request id -> (link id, expires)
+        self.my_requests = {}  # request id -> expires
+        self.stats = Stats()
+        self.broadcasting = False
+        self.own = None  # PeerEntry of our own record while broadcasting
+        self._addresses = list(addresses)
+        self._is_bootstrap = is_bootstrap
+        self._repos = list(repos)
+        self._version = 0
+        self._next_expiry_check = 0.0
+        if broadcasting:
+            self._issue_record(broadcasting=True, bump=True)
+
+    # -- time ----------------------------------------------------------------------------
+
+    def now(self):
+        return self.clock.seconds()
+
+    def now_ms(self):
+        return int(self.clock.seconds() * 1000)
+
+    # -- own record ---------------------------------------------------------------------------
+
+    def _issue_record(self, broadcasting, bump):
+        if bump:
+            # Versions are milliseconds, so they also grow across restarts.
+            self._version = max(self._version + 1, self.now_ms())
+        signed = make_record(
+            self.identity, self._addresses if broadcasting else [],
+            is_bootstrap=self._is_bootstrap, is_broadcasting=broadcasting,
+            version=self._version, issued_at_ms=self.now_ms(),
+            repos=self._repos if broadcasting else None,
+        )
+        record_bytes = canonical_json(signed["record"])
+        entry = entry_from_wire(record_bytes, b64decode(signed["signature"], "signature"), self.now())
+        self.own = entry
+        self.broadcasting = broadcasting
+        self.table.offer(entry, self.now())
+        return entry
+
+    def own_signed_record(self):
+        """The own record as the JSON dict the bootstrap API takes, or None."""
+        if self.own is None or not self.broadcasting:
+            return None
+        return {"record": self.own.record, "signature": b64encode(self.own.signature)}
+
+    def set_broadcast(self, on, addresses=None):
+        """Turn broadcasting on (new record) or off (tombstone); PEER_UPDATE."""
+        if addresses is not None:
+            self._addresses = list(addresses)
+        if not on and self.own is None:
+            return []
+        if on and not self._addresses:
+            raise PeernetError("broadcasting needs at least one address", code="no_addresses")
+        entry = self._issue_record(broadcasting=on, bump=True)
+        return self._publish(MessageType.PEER_UPDATE, entry)
+
+    def set_repos(self, repos):
+        """Replace the repo list in our record; PEER_UPDATE if broadcasting."""
+        self._repos = list(repos)
+        if not self.broadcasting:
+            return []
+        return self._publish(MessageType.PEER_UPDATE, self._issue_record(True, bump=True))
+
+    def _publish(self, mtype, entry):
+        ttl = constants.TTL_UPDATE if mtype is MessageType.PEER_UPDATE else constants.TTL_ANNOUNCEMENT
+        body = codec.encode_body(mtype, {
+            "id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(),
+            "rec": entry.record_bytes, "rsig": entry.signature,
+        })
+        frame = codec.encode(mtype, ttl, body, self.identity.sign(body))
+        self.dedup.add(codec.message_id(body))
+        actions = []
+        for link in self._ready_links():
+            link.mark_known(entry.hash)
+            actions.append(self._send(link, frame, mtype))
+        actions.append(TableChange("updated", entry.peer_id))
+        return actions
+
+    # -- links ------------------------------------------------------------------------
+
+    def link_opened(self, link_id, outbound, tls_peer_id=None):
+        """A transport link is up (TLS done); returns the HELLO to send."""
+        now = self.now()
+        link = LinkState(link_id, outbound, tls_peer_id, now, now, last_heartbeat_sent=now)
+        self.links[link_id] = link
+        body = {
+            "id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(),
+            "versions": [constants.PROTOCOL_VERSION], "bc": self.broadcasting,
+            "repos": len(self._repos) if self.broadcasting else 0,
+            "digest": self.table.digest(), "n": len(self.table),
+        }
+        if self.broadcasting:
+            body["rec"], body["rsig"] = self.own.record_bytes, self.own.signature
+            link.mark_known(self.own.hash)
+        frame = codec.encode(MessageType.HELLO, 0, codec.encode_body(MessageType.HELLO, body))
+        return [self._send(link, frame, MessageType.HELLO)]
+
+    def link_closed(self, link_id):
+        link = self.links.pop(link_id, None)
+        if link is None:
+            return []
+        for rid in [r for r, (lid, _) in self.routes.items() if lid == link_id]:
+            del self.routes[rid]
+        return []
+
+    def _ready_links(self):
+        return [l for l in self.links.values() if l.hello_received]
+
+    def _send(self, link, frame, mtype):
+        self.stats.sent += 1
+        self.stats.by_type_out[mtype] = self.stats.by_type_out.get(mtype, 0) + 1
+        return Send(link.id, frame)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def receive(self, link_id, frame):
+        """Handle one frame from ``link_id``; return the actions it causes."""
+        link = self.links.get(link_id)
+        if link is None:
+            return []
+        link.last_heard = self.now()
+        self.stats.received += 1
+        try:
+            msg = codec.decode(frame)
+            self.stats.by_type_in[msg.type] = self.stats.by_type_in.get(msg.type, 0) + 1
+            if not link.hello_received and msg.type is not MessageType.HELLO:
+                raise PeernetError("the first message on a link must be HELLO", code="no_hello")
+            skew = msg.body["ts"] / 1000.0 - self.now()
+            if abs(skew) > constants.CLOCK_SKEW_SECONDS:
+                raise PeernetError(f"timestamp {skew:+.0f} s off", code="stale_timestamp")
+            if msg.type in codec.RELAYED_TYPES and self.dedup.seen(msg.id):
+                self.stats.duplicates += 1
+                return []
+            handler = self._handlers[msg.type]
+            return handler(self, link, msg)
+        except PeernetError as e:
+            self.stats.invalid += 1
+            link.penalties += 1
+            return [Penalty(link_id, e.code, str(e))]
+
+    def _handle_hello(self, link, msg):
+        if link.hello_received:
+            raise PeernetError("a second HELLO on one link", code="duplicate_hello")
+        body = msg.body
+        if constants.PROTOCOL_VERSION not in body["versions"]:
+            return [Close(link.id, "no common protocol version")]
+        actions = []
+        if body["bc"]:
+            entry = self._entry(body["rec"], body["rsig"])
+            if link.tls_peer_id is None or entry.peer_id != link.tls_peer_id:
+                # A record of somebody else than the key on this TLS link.
+                raise PeernetError("HELLO record does not match the TLS identity",
+                                   code="impersonation")
+            if entry.is_tombstone:
+                raise PeernetError("a broadcasting HELLO with a tombstone", code="bad_record")
+            link.mark_known(entry.hash)
+            actions += self._apply(entry, source=link)
+        link.hello_received = True
+        link.remote_broadcasting = body["bc"]
+        link.remote_digest = body["digest"]
+        if link.remote_digest != self.table.digest():
+            actions += self._start_sync(link)
+        return actions
+
+    def _handle_push(self, link, msg):
+        entry = self._entry(msg.body["rec"], msg.body["rsig"])
+        verify(b64decode(entry.record["public_key"], "public_key"), msg.sig, msg.body_bytes)
+        self.dedup.add(msg.id)
+        link.mark_known(entry.hash)
+        actions = self._apply(entry, source=link, push=(msg, link))
+        if not actions:
+            self.stats.duplicates += 1  # a message that taught us nothing
+        return actions
+
+    def _handle_request(self, link, msg):
+        self.dedup.add(msg.id)
+        body = msg.body
+        if "sync" in body:
+            if msg.ttl != 0:
+                raise PeernetError("a sync request is link-local (ttl 0)", code="bad_ttl")
+            return self._answer_sync(link, msg)
+        if "peer" in body:
+            entry = self.table.get(body["peer"])
+            matches = [entry] if entry is not None and not entry.is_tombstone else []
+        else:
+            matches = self.table.find_repo(body["repo"])
+        if matches:
+            self.rng.shuffle(matches)
+            return self._respond(link, msg.id, matches, constants.TTL_RESPONSE)
+        if msg.ttl == 0:
+            return []
+        self._remember_route(msg.id, link.id)
+        targets = self._pick(exclude={link.id}, count=self.fanout)
+        frame = codec.relay(msg, msg.ttl - 1)
+        self.stats.forwarded += len(targets)
+        return [self._send(t, frame, msg.type) for t in targets]
+
+    def _handle_response(self, link, msg):
+        self.dedup.add(msg.id)
+        body = msg.body
+        rid = body["re"]
+        entries, actions = [], []
+        for record_bytes, signature in body["recs"]:
+            try:
+                entries.append(self._entry(record_bytes, signature))
+            except PeernetError as e:
+                actions.append(Penalty(link.id, "bad_record", str(e)))
+        for entry in entries:
+            link.mark_known(entry.hash)
+            actions += self._apply(entry, source=link)
+        if rid in link.sync_ids:
+            link.sync_outstanding_since = None
+            return actions
+        if rid in self.my_requests:
+            peer_ids = tuple(e.peer_id for e in entries if not e.is_tombstone)
+            return actions + [SearchAnswer(rid, peer_ids)]
+        route = self.routes.get(rid)
+        if route is not None:
+            target = self.links.get(route[0])
+            if target is not None and msg.ttl > 0:
+                self.stats.forwarded += 1
+                actions.append(self._send(target, codec.relay(msg, msg.ttl - 1), msg.type))
+            return actions
+        # An answer whose route expired: its records (self-signed) were
+        # still worth keeping; nothing more to do.
+        return actions
+
+    def _handle_heartbeat(self, link, msg):
+        link.remote_digest = msg.body["digest"]
+        if link.remote_digest != self.table.digest():
+            return self._start_sync(link)
+        return []
+
+    _handlers = {
+        MessageType.HELLO: _handle_hello,
+        MessageType.PEER_ANNOUNCEMENT: _handle_push,
+        MessageType.PEER_UPDATE: _handle_push,
+        MessageType.PEER_REQUEST: _handle_request,
+        MessageType.PEER_LIST_RESPONSE: _handle_response,
+        MessageType.HEARTBEAT: _handle_heartbeat,
+    }
+
+    def _entry(self, record_bytes, signature):
+        known = self.table.known_copy(record_bytes, signature)
+        return known if known is not None else entry_from_wire(record_bytes, signature, self.now())
+
+    # -- table changes and spreading ------------------------------------------------
+
+    def _apply(self, entry, source, push=None):
+        """Offer ``entry`` to the table; on change, forward and schedule pings."""
+        if self.own is not None and entry.peer_id == self.identity.peer_id:
+            # Nobody else can sign our record; a copy of an old one is ignored.
+            if entry.order > self.own.order and self.broadcasting:
+                # A newer record of ours than we know: we restarted from an
+                # older state.  Move past it so the network takes ours.
+                self._version = entry.record["version"]
+                return self._publish(MessageType.PEER_UPDATE,
+                                     self._issue_record(True, bump=True))
+            return []
+        kind = self.table.offer(entry, self.now())
+        if kind is None:
+            return []
+        actions = [TableChange(kind, entry.peer_id)]
+        if push is not None:
+            msg, from_link = push
+            if msg.ttl > 0:
+                targets = self._pick(exclude={from_link.id}, count=self.fanout,
+                                     lacking=entry.hash)
+                frame = codec.relay(msg, msg.ttl - 1)
+                for t in targets:
+                    t.mark_known(entry.hash)
+                    actions.append(self._send(t, frame, msg.type))
+                self.stats.forwarded += len(targets)
+        due = self.now() + constants.DIGEST_PING_DELAY
+        for link in self._ready_links():
+            if link is not source and entry.hash not in link.known and link.ping_due is None:
+                link.ping_due = due
+        return actions
+
+    def _pick(self, exclude, count, lacking=None):
+        candidates = [l for l in self._ready_links()
+                      if l.id not in exclude and (lacking is None or lacking not in l.known)]
+        if len(candidates) <= count:
+            return candidates
+        return self.rng.sample(candidates, count)
+
+    # -- anti-entropy ---------------------------------------------------------------
+
+    def _start_sync(self, link):
+        now = self.now()
+        if link.sync_outstanding_since is not None and now - link.sync_outstanding_since < 5.0:
+            return []
+        body = codec.encode_body(MessageType.PEER_REQUEST, {
+            "id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(),
+            "sync": self.table.bucket_hashes()})
+        # Answers name the request by its message id (hash of the body).
+        link.sync_outstanding_since = now
+        link.sync_ids[codec.message_id(body)] = None
+        if len(link.sync_ids) > 8:
+            link.sync_ids.popitem(last=False)
+        return [self._send(link, codec.encode(MessageType.PEER_REQUEST, 0, body),
+                           MessageType.PEER_REQUEST)]
+
+    def _answer_sync(self, link, msg):
+        differing = self.table.differing_buckets(msg.body["sync"])
+        entries = [e for e in self.table.in_buckets(differing) if e.hash not in link.known]
+        actions = self._respond(link, msg.id, entries, 0, allow_empty=True)
+        if differing and link.sync_outstanding_since is None:
+            # They may hold something we lack in those buckets: ask back.
+            actions += self._start_sync(link)
+        return actions
+
+    def _respond(self, link, request_id, entries, ttl, allow_empty=False):
+        actions = []
+        chunk = constants.MAX_RECORDS_PER_RESPONSE
+        batches = [entries[i:i + chunk] for i in range(0, len(entries), chunk)]
+        if not batches and allow_empty:
+            batches = [[]]
+        for batch in batches:
+            body = {"id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(), "re": request_id,
+                    "recs": [e.wire() for e in batch]}
+            # Keep each frame under the limit even with large records.
+            while batch and len(codec.encode_body(MessageType.PEER_LIST_RESPONSE, body)) > constants.MAX_MESSAGE_BYTES - 200:
+                batch = batch[: len(batch) // 2]
+                body["recs"] = [e.wire() for e in batch]
+            for e in batch:
+                link.mark_known(e.hash)
+            body_bytes = codec.encode_body(MessageType.PEER_LIST_RESPONSE, body)
+            self.dedup.add(codec.message_id(body_bytes))
+            frame = codec.encode(MessageType.PEER_LIST_RESPONSE, ttl, body_bytes)
+            actions.append(self._send(link, frame, MessageType.PEER_LIST_RESPONSE))
+        return actions
+
+    def _remember_route(self, request_id, link_id):
+        self.routes[request_id] = (link_id, self.now() + constants.REQUEST_ROUTE_SECONDS)
+        while len(self.routes) > constants.MAX_REQUEST_ROUTES:
+            self.routes.popitem(last=False)
+
+    # -- searching -------------------------------------------------------------------
+
+    def search(self, repo=None, peer=None):
+        """Ask the network; returns (request_id, actions). Answers arrive as
+        SearchAnswer actions from later receive() calls."""
+        fields = {"id": os.urandom(codec.ID_BYTES), "ts": self.now_ms()}
+        if repo is not None:
+            fields["repo"] = repo
+        else:
+            fields["peer"] = peer
+        body = codec.encode_body(MessageType.PEER_REQUEST, fields)
+        frame = codec.encode(MessageType.PEER_REQUEST, constants.TTL_REQUEST, body)
+        rid = codec.message_id(body)
+        self.dedup.add(rid)
+        self.my_requests[rid] = self.now() + constants.REQUEST_ROUTE_SECONDS
+        links = self._pick(exclude=set(), count=max(self.fanout, constants.TARGET_LINKS))
+        return rid, [self._send(l, frame, MessageType.PEER_REQUEST) for l in links]
+
+    # -- time passing -------------------------------------------------------------------
+
+    def next_wakeup(self):
+        """The earliest time tick() has something to do."""
+        times = [self._next_expiry_check]
+        for link in self.links.values():
+            times.append(link.last_heartbeat_sent + constants.HEARTBEAT_INTERVAL)
+            times.append(link.last_heard + (constants.LINK_DEAD_AFTER if link.hello_received
+                                            else constants.HELLO_TIMEOUT))
+            if link.ping_due is not None:
+                times.append(link.ping_due)
+        if self.broadcasting and self.own is not None:
+            times.append(self.own.record["issued_at"] / 1000.0 + constants.RECORD_REFRESH_INTERVAL)
+        return min(times)
+
+    def tick(self):
+        """Do what is due: digest pings, heartbeats, dead links, expiry, refresh."""
+        now = self.now()
+        actions = []
+        digest = self.table.digest()
+        for link in list(self.links.values()):
+            silent_for = now - link.last_heard
+            if silent_for >= constants.LINK_DEAD_AFTER or (
+                    not link.hello_received and silent_for >= constants.HELLO_TIMEOUT):
+                actions.append(Close(link.id, "missed heartbeats"))
+                self.link_closed(link.id)
+                continue
+            if not link.hello_received:
+                continue
+            ping = link.ping_due is not None and link.ping_due <= now
+            if ping or now - link.last_heartbeat_sent >= constants.HEARTBEAT_INTERVAL:
+                link.ping_due = None
+                link.last_heartbeat_sent = now
+                body = codec.encode_body(MessageType.HEARTBEAT, {
+                    "id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(),
+                    "digest": digest, "n": len(self.table), "load": 0})
+                actions.append(self._send(
+                    link, codec.encode(MessageType.HEARTBEAT, constants.TTL_HEARTBEAT, body),
+                    MessageType.HEARTBEAT))
+        if now >= self._next_expiry_check:
+            self._next_expiry_check = now + 1.0
+            for peer_id in self.table.expire(now):
+                actions.append(TableChange("removed", peer_id))
+            for rid in [r for r, (_, exp) in self.routes.items() if exp <= now]:
+                del self.routes[rid]
+            for rid in [r for r, exp in self.my_requests.items() if exp <= now]:
+                del self.my_requests[rid]
+        if (self.broadcasting and self.own is not None and
+                now >= self.own.record["issued_at"] / 1000.0 + constants.RECORD_REFRESH_INTERVAL):
+            actions += self._publish(MessageType.PEER_ANNOUNCEMENT,
+                                     self._issue_record(True, bump=False))
+        return actions

@@ -1,0 +1,202 @@
+"""PeerTable: the in-memory set of broadcasting peers' signed records.
+
+Only records signed by their own peer are ever stored, so the table can only
+hold what broadcasting peers published about themselves: it has no place for
+a silent peer or for an observed socket address.
+
+Ordering: a record replaces another of the same peer only if its
+``(version, issued_at)`` is greater, so an older version never replaces a
+newer one, and a re-issued copy of the same version (a refresh) does.
+
+Liveness is self-certifying: a record is live until ``issued_at +
+RECORD_LIFETIME``; its owner re-issues it every RECORD_REFRESH_INTERVAL, so a
+peer that stops doing so (crashed, gone) disappears from every table two
+hours later, and no relay can keep it alive.
+
+Digest: each record hashes to 16 bytes; the table digest is the XOR of all
+record hashes, and bucket ``b`` (first byte of peer_id) has its own XOR.  Two
+tables with equal digests hold the same records (up to hash collisions).
+"""
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import msgpack
+
+from peernet import constants
+from peernet.errors import PeernetError
+from peernet.records import record_from_bytes
+
+
+@dataclass
+class PeerEntry:
+    peer_id: str
+    record: dict
+    record_bytes: bytes
+    signature: bytes
+    hash: int = field(repr=False)
+    received_at: float = 0.0
+
+    @property
+    def order(self):
+        return (self.record["version"], self.record["issued_at"])
+
+    @property
+    def is_tombstone(self):
+        return not self.record["is_broadcasting"]
+
+    @property
+    def expires_at(self):
+        return self.record["issued_at"] / 1000.0 + constants.RECORD_LIFETIME
+
+    @property
+    def bucket(self):
+        return int(self.peer_id[:2], 16)
+
+    def wire(self):
+        return [self.record_bytes, self.signature]
+
+    def repo_names(self):
+        return {r["name"] for r in self.record.get("repos", ())}
+
+
+def entry_from_wire(record_bytes, signature, received_at=0.0):
+    """Verify a record (bytes + signature) and wrap it; raises PeernetError."""
+    record = record_from_bytes(record_bytes, signature)
+    if record["is_broadcasting"] and not record["addresses"]:
+        raise PeernetError("a broadcasting record without addresses", code="bad_record")
+    if not record["is_broadcasting"] and record["addresses"]:
+        raise PeernetError("a tombstone must not carry addresses", code="bad_record")
+    return PeerEntry(
+        peer_id=record["peer_id"], record=record, record_bytes=bytes(record_bytes),
+        signature=bytes(signature), hash=_hash(record_bytes), received_at=received_at,
+    )
+
+
+def _hash(record_bytes):
+    return int.from_bytes(hashlib.sha256(record_bytes).digest()[:16], "big")
+
+
+class PeerTable:
+    """Records by peer_id, with an incrementally maintained digest."""
+
+    def __init__(self):
+        self._entries = {}
+        self._by_hash = {}
+        self._buckets = [0] * constants.DIGEST_BUCKETS
+        self._digest = 0
+
+    def __len__(self):
+        return len(self._entries)
+
+    def __contains__(self, peer_id):
+        return peer_id in self._entries
+
+    def __iter__(self):
+        return iter(list(self._entries.values()))
+
+    def get(self, peer_id):
+        return self._entries.get(peer_id)
+
+    def known_copy(self, record_bytes, signature):
+        """The stored entry with exactly these bytes and signature, or None
+        (lets a receiver skip verifying a record it already verified)."""
+        entry = self._by_hash.get(_hash(record_bytes))
+        if entry is not None and entry.record_bytes == record_bytes and entry.signature == signature:
+            return entry
+        return None
+
+    def offer(self, entry, now):
+        """Add or replace; returns "added", "updated", "refreshed" or None.
+
+        None means nothing changed: an equal or older copy, or an expired one.
+        """
+        if entry.expires_at <= now:
+            return None
+        old = self._entries.get(entry.peer_id)
+        if old is not None:
+            if entry.order <= old.order:
+                return None
+            self._remove(old)
+        self._entries[entry.peer_id] = entry
+        self._by_hash[entry.hash] = entry
+        self._buckets[entry.bucket] ^= entry.hash
+        self._digest ^= entry.hash
+        if old is None:
+            return "added"
+        return "refreshed" if entry.record["version"] == old.record["version"] else "updated"
+
+    def _remove(self, entry):
+        del self._entries[entry.peer_id]
+        del self._by_hash[entry.hash]
+        self._buckets[entry.bucket] ^= entry.hash
+        self._digest ^= entry.hash
+
+    def expire(self, now):
+        """Drop expired records; return their peer_ids."""
+        gone = [e for e in self._entries.values() if e.expires_at <= now]
+        for e in gone:
+            self._remove(e)
+        return [e.peer_id for e in gone]
+
+    def digest(self):
+        return self._digest.to_bytes(16, "big")
+
+    def bucket_hashes(self):
+        """{bucket: 8-byte hash} for the non-empty buckets."""
+        return {b: (h & (2**64 - 1)).to_bytes(8, "big")
+                for b, h in enumerate(self._buckets) if h}
+
+    def differing_buckets(self, theirs):
+        """Buckets whose hash differs from ``theirs`` (a bucket_hashes() map)."""
+        mine = self.bucket_hashes()
+        return {b for b in set(mine) | set(theirs) if mine.get(b) != theirs.get(b)}
+
+    def in_buckets(self, buckets):
+        return [e for e in self._entries.values() if e.bucket in buckets]
+
+    def live_broadcasting(self):
+        return [e for e in self._entries.values() if not e.is_tombstone]
+
+    def find_repo(self, name):
+        return [e for e in self.live_broadcasting() if name in e.repo_names()]
+
+    # -- snapshot -------------------------------------------------------------------
+
+    def snapshot_bytes(self):
+        return msgpack.packb([e.wire() for e in self._entries.values()], use_bin_type=True)
+
+    def load_snapshot_bytes(self, data, now):
+        """Merge a snapshot; every record is verified again. Returns count loaded."""
+        try:
+            items = msgpack.unpackb(data, raw=False)
+        except Exception:
+            return 0
+        loaded = 0
+        for item in items if isinstance(items, list) else ():
+            try:
+                entry = entry_from_wire(item[0], item[1], now)
+            except (PeernetError, TypeError, IndexError, KeyError):
+                continue
+            if self.offer(entry, now):
+                loaded += 1
+        return loaded
+
+
+def write_snapshot(path, data):
+    """Write atomically (temp file + rename), mode 0600. Blocking: call off-thread."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".table-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

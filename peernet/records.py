@@ -16,6 +16,7 @@ Schemas come from the bootstrap's OpenAPI document (one place per fact).
 
 import base64
 import binascii
+import functools
 import json
 import os
 
@@ -96,8 +97,17 @@ def record_from_bytes(record_bytes, signature):
 
     Used by gossip, which moves records as bytes.  The bytes must be the
     canonical form (one record, one byte string: digests and ids depend on
-    it), signed by the key they name.  Returns the record dict.
+    it), signed by the key they name.  Returns the record dict, which callers
+    must treat as read-only (it may be shared, see below).
     """
+    return _record_from_bytes(bytes(record_bytes), bytes(signature))
+
+
+# Verification is a pure function of (bytes, signature): caching successful
+# results changes no outcome, and saves the Ed25519 verify (~80 us) when the
+# same record reaches a process several times (many cores in one simulator).
+@functools.lru_cache(maxsize=65536)
+def _record_from_bytes(record_bytes, signature):
     try:
         record = json.loads(record_bytes, parse_float=_refuse_float, parse_constant=_refuse_float)
     except (ValueError, UnicodeDecodeError):

@@ -4,35 +4,21 @@ The resource is thin: it turns HTTP into calls on BootstrapStore and maps every
 PeernetError to its status with a JSON ``{"error": {"code", "message"}}`` body.
 No response ever carries a traceback.
 
-Privacy: the access log is off (``BootstrapSite.log``) and no handler logs a
+Privacy: the access log is off (``peernet.jsonapi.PrivateSite``) and no handler logs a
 client address, so nothing about who called ``discover`` is kept anywhere.
 The only use of a caller's address is the in-memory per-IP rate limit on
 register/unregister, which only broadcasting peers (who publish their address
 anyway) call.
 """
 
-import io
 import json
 import random
-from urllib.parse import parse_qs
-
-from twisted.internet.defer import ensureDeferred
-from twisted.logger import Logger
-from twisted.web import server
-from twisted.web.resource import Resource
 
 import peernet
 from peernet import constants
 from peernet.bootstrap.store import CodeIssued, Registration
-from peernet.errors import (
-    BadRequest,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    PeernetError,
-    RateLimited,
-    UnsupportedMediaType,
-)
+from peernet.errors import BadRequest, RateLimited
+from peernet.jsonapi import JSONAPI, Raw, RawList, query_arguments
 from peernet.records import (
     SIGNATURE_HEADER,
     canonical_json,
@@ -40,8 +26,6 @@ from peernet.records import (
     verify_signed_record,
 )
 from peernet.schemas import openapi_document
-
-log = Logger()
 
 PREFIX = "/api/bootstrap/"
 ROUTES = {
@@ -53,8 +37,9 @@ ROUTES = {
 }
 
 
-class BootstrapAPI(Resource):
-    isLeaf = True
+class BootstrapAPI(JSONAPI):
+    prefix = PREFIX
+    routes = ROUTES
 
     def __init__(self, reactor, store, *, ip_limiter, email_limiter, mailer=None,
                  rng=None):
@@ -66,27 +51,6 @@ class BootstrapAPI(Resource):
         self.mailer = mailer
         self.rng = rng or random.SystemRandom()
         self._openapi = json.dumps(openapi_document(), indent=1).encode("utf-8")
-
-    def render(self, request):
-        request.notifyFinish().addErrback(_mark_gone, request)
-        d = ensureDeferred(self._handle(request))
-        d.addCallback(lambda result: _respond(request, *result))
-        d.addErrback(self._failed, request)
-        return server.NOT_DONE_YET
-
-    async def _handle(self, request):
-        path = request.path.decode("latin-1")
-        method = request.method.decode("latin-1")
-        name = path[len(PREFIX):] if path.startswith(PREFIX) else None
-        if name not in ROUTES:
-            raise NotFound(f"no such endpoint: {path[:100]}")
-        if method not in ROUTES[name]:
-            request.setHeader("Allow", ", ".join(ROUTES[name]))
-            raise MethodNotAllowed(f"{method[:10]} is not allowed on {path}; use {ROUTES[name][0]}")
-        handler = getattr(self, "handle_" + name.replace(".", "_"))
-        if method == "POST":
-            return await handler(request, _read_json_body(request))
-        return await handler(request)
 
     # -- endpoints --------------------------------------------------------------
 
@@ -144,7 +108,7 @@ class BootstrapAPI(Resource):
             "expires_at": outcome.expires_at,
             "reannounce_after": round(self.store.ttl * self.rng.uniform(low, high), 1),
             "bootstrap_servers": await self.store.bootstrap_nodes(),
-            "peers": _RawList(
+            "peers": RawList(
                 [_signed_json(r, s) for r, s in sample if f'"peer_id":"{reg.peer_id}"' not in r]
                 [: constants.REGISTER_SAMPLE]
             ),
@@ -165,7 +129,7 @@ class BootstrapAPI(Resource):
         rows = await self.store.discover(limit, now)
         nodes = await self.store.bootstrap_nodes()
         return 200, {
-            "peers": _RawList([_signed_json(r, s) for r, s in rows]),
+            "peers": RawList([_signed_json(r, s) for r, s in rows]),
             "bootstrap_servers": nodes,
         }
 
@@ -174,7 +138,7 @@ class BootstrapAPI(Resource):
         return 200, {"status": "ok", "version": peernet.__version__, **counts}
 
     async def handle_openapi_json(self, request):
-        return 200, _Raw(self._openapi)
+        return 200, Raw(self._openapi)
 
     # -- helpers ----------------------------------------------------------------
 
@@ -183,61 +147,6 @@ class BootstrapAPI(Resource):
         key = getattr(address, "host", None) or "unix"
         if not self.ip_limiter.allow(key):
             raise RateLimited("too many requests from this address; try later")
-
-    def _failed(self, failure, request):
-        if failure.check(PeernetError):
-            error = failure.value
-        else:
-            # A bug, not bad input: log it (without the caller's address).
-            log.failure("unexpected error serving {path}", failure,
-                        path=request.path.decode("latin-1")[:100])
-            error = PeernetError("internal error; the request was not applied",
-                                 code="internal_error")
-            error.http_status = 500
-        if error.http_status == 429:
-            request.setHeader("Retry-After", "60")
-        _respond(request, error.http_status, error.as_json())
-
-
-class _Raw(bytes):
-    """Bytes already encoded as JSON."""
-
-
-class _RawList(list):
-    """A list of JSON-encoded items (str), spliced into the response as is."""
-
-
-def _encode(obj):
-    if isinstance(obj, _Raw):
-        return bytes(obj)
-    # Splice pre-encoded records without decoding and re-encoding them.
-    raw = {k: v for k, v in obj.items() if isinstance(v, _RawList)}
-    plain = {k: v for k, v in obj.items() if k not in raw}
-    text = json.dumps(plain, separators=(",", ":"), ensure_ascii=False)
-    if raw:
-        parts = [text[:-1]] if plain else ["{"]
-        for i, (k, items) in enumerate(raw.items()):
-            sep = "," if (plain or i) else ""
-            parts.append(f'{sep}{json.dumps(k)}:[{",".join(items)}]')
-        parts.append("}")
-        text = "".join(parts)
-    return text.encode("utf-8")
-
-
-def _mark_gone(failure, request):
-    request.peernet_gone = True
-
-
-def _respond(request, status, obj):
-    if getattr(request, "peernet_gone", False) or request.finished:
-        return
-    body = _encode(obj)
-    request.setResponseCode(status)
-    request.setHeader("Content-Type", "application/json")
-    request.setHeader("Cache-Control", "no-store")
-    request.setHeader("Content-Length", str(len(body)))
-    request.write(body)
-    request.finish()
 
 
 def _signed_json(record_json, signature):
@@ -249,27 +158,8 @@ def _signature(request):
     return value.strip() if value else None
 
 
-def _read_json_body(request):
-    if getattr(request.content, "overflowed", False):
-        raise PayloadTooLarge(
-            f"the request body is larger than {constants.MAX_MESSAGE_BYTES} bytes"
-        )
-    ctype = (request.getHeader("Content-Type") or "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise UnsupportedMediaType("the request body must be sent as application/json")
-    request.content.seek(0)
-    body = request.content.read(constants.MAX_MESSAGE_BYTES + 1)
-    if len(body) > constants.MAX_MESSAGE_BYTES:
-        raise PayloadTooLarge(
-            f"the request body is larger than {constants.MAX_MESSAGE_BYTES} bytes"
-        )
-    if not body:
-        raise BadRequest("the request body is empty")
-    return body
-
-
 def _limit_argument(request):
-    values = parse_qs(request.uri.decode("latin-1").partition("?")[2]).get("limit")
+    values = query_arguments(request).get("limit")
     if not values:
         return constants.DISCOVER_DEFAULT_LIMIT
     if len(values) > 1 or not values[0].isdigit():
@@ -282,56 +172,3 @@ def _limit_argument(request):
     return limit
 
 
-class _BoundedBody:
-    """A request body sink that keeps at most ``limit`` + 1 bytes.
-
-    Twisted would otherwise buffer any body to memory or a temporary file;
-    this keeps a hostile upload from costing more than the limit.
-    """
-
-    def __init__(self, limit):
-        self._buffer = io.BytesIO()
-        self._limit = limit
-        self.overflowed = False
-
-    def write(self, data):
-        room = self._limit + 1 - self._buffer.tell()
-        if len(data) > room:
-            self.overflowed = True
-            data = data[:max(room, 0)]
-        self._buffer.write(data)
-
-    def seek(self, *args):
-        return self._buffer.seek(*args)
-
-    def read(self, *args):
-        return self._buffer.read(*args)
-
-    def tell(self):
-        return self._buffer.tell()
-
-    def close(self):
-        self._buffer.close()
-
-
-class BootstrapRequest(server.Request):
-    def gotLength(self, length):
-        self.content = _BoundedBody(constants.MAX_MESSAGE_BYTES)
-        if length is not None and length > constants.MAX_MESSAGE_BYTES:
-            self.content.overflowed = True
-
-
-class BootstrapSite(server.Site):
-    """A Site with no access log (privacy) and no tracebacks in responses."""
-
-    displayTracebacks = False
-    requestFactory = BootstrapRequest
-
-    def log(self, request):
-        pass
-
-
-def make_site(api):
-    site = BootstrapSite(api, timeout=60)
-    site.noisy = False
-    return site

@@ -125,7 +125,8 @@ class StoreService(Service):
 def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
-    from peernet.bootstrap.api import BootstrapAPI, make_site
+    from peernet.bootstrap.api import BootstrapAPI
+    from peernet.jsonapi import make_site
     from peernet.bootstrap.store import BootstrapStore
 
     top = MultiService()

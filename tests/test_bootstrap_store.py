@@ -74,12 +74,54 @@ async def test_expired_rows_are_invisible_at_once_and_swept(store):
     t0 = 1_000_000.0
     result = await store.register(reg(), t0)
     assert isinstance(result, Registered) and result.expires_at == t0 + 3600
-    assert len(await store.discover(16, t0 + 3599)) == 1
-    assert await store.discover(16, t0 + 3600) == []  # invisible the moment it expires
+    assert len(store.discover(16, t0 + 3599)) == 1
+    assert store.discover(16, t0 + 3600) == []  # invisible the moment it expires
     assert (await store.counts(t0 + 3600))["peers"] == 0
     deleted = await store.sweep(t0 + 3600)
     assert deleted >= 2  # the peer row and its nonce
-    assert await store.discover(16, t0) == []  # really gone, not just hidden
+    assert store.discover(16, t0) == []  # really gone, not just hidden
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_index_is_rebuilt_from_the_database(tmp_path):
+    t0 = reactor.seconds()  # open() loads the peers live at the reactor's time
+    s = BootstrapStore(reactor, tmp_path / "db.sqlite")
+    await s.open()
+    await s.register(reg(peer_id="a" * 64), t0)
+    await s.register(reg(peer_id="b" * 64, bootstrap=False), t0)
+    await s.unregister("a" * 64, "u" * 32, False, t0)
+    await s.register(reg(peer_id="c" * 64), t0)
+    await s.close()
+    again = BootstrapStore(reactor, tmp_path / "db.sqlite")
+    await again.open()
+    try:
+        import json as _json
+
+        live = sorted(_json.loads(x)["record"]["peer_id"] for x in again.discover(16, t0, bootstrap_only=False))
+        assert live == ["b" * 64, "c" * 64]
+        assert [_json.loads(x)["record"]["peer_id"] for x in again.discover(16, t0)] == ["c" * 64]
+    finally:
+        await again.close()
+
+
+def test_live_index_samples_uniformly_and_skips_expired():
+    from collections import Counter
+
+    from peernet.bootstrap.store import LiveIndex
+
+    index = LiveIndex()
+    for i in range(50):
+        index.put(f"{i:064x}", '{"peer_id":"%064x"}' % i, "c2ln", True, 100.0 if i < 10 else 1000.0)
+    counts = Counter()
+    for _ in range(400):
+        got = index.sample(5, 50.0, True)
+        assert len(got) == 5 and len(set(got)) == 5
+        counts.update(got)
+    assert len(counts) == 50  # every peer gets picked
+    late = index.sample(100, 500.0, True)  # the first 10 have expired
+    assert len(late) == 40 and all('"%064x"' % i not in "".join(late) for i in range(10))
+    index.expire(500.0)
+    assert len(index) == 40
 
 
 @pytest_twisted.ensureDeferred

@@ -100,18 +100,16 @@ class BootstrapAPI(JSONAPI):
                 "email": outcome.email,
                 "expires_in": constants.EMAIL_CODE_TTL_SECONDS,
             }
-        sample = await self.store.discover(constants.REGISTER_SAMPLE + 1, now, bootstrap_only=False)
+        sample = self.store.discover(constants.REGISTER_SAMPLE, now, bootstrap_only=False,
+                                     exclude=reg.peer_id)
         low, high = constants.REANNOUNCE_FRACTION
         return 200, {
             "status": "registered",
             "peer_id": reg.peer_id,
             "expires_at": outcome.expires_at,
             "reannounce_after": round(self.store.ttl * self.rng.uniform(low, high), 1),
-            "bootstrap_servers": await self.store.bootstrap_nodes(),
-            "peers": RawList(
-                [_signed_json(r, s) for r, s in sample if f'"peer_id":"{reg.peer_id}"' not in r]
-                [: constants.REGISTER_SAMPLE]
-            ),
+            "bootstrap_servers": self.store.bootstrap_nodes(),
+            "peers": RawList(sample),
         }
 
     async def handle_unregister(self, request, body):
@@ -126,11 +124,9 @@ class BootstrapAPI(JSONAPI):
     async def handle_discover(self, request):
         limit = _limit_argument(request)
         now = self.reactor.seconds()
-        rows = await self.store.discover(limit, now)
-        nodes = await self.store.bootstrap_nodes()
         return 200, {
-            "peers": RawList([_signed_json(r, s) for r, s in rows]),
-            "bootstrap_servers": nodes,
+            "peers": RawList(self.store.discover(limit, now)),
+            "bootstrap_servers": self.store.bootstrap_nodes(),
         }
 
     async def handle_health(self, request):
@@ -147,10 +143,6 @@ class BootstrapAPI(JSONAPI):
         key = getattr(address, "host", None) or "unix"
         if not self.ip_limiter.allow(key):
             raise RateLimited("too many requests from this address; try later")
-
-
-def _signed_json(record_json, signature):
-    return f'{{"record":{record_json},"signature":"{signature}"}}'
 
 
 def _signature(request):

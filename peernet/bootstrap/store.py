@@ -135,13 +135,34 @@ class BootstrapStore:
         self.email_verification = email_verification
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="peernet-bootstrap-db")
         self._conn = None
+        #: Live peers mirrored in memory (reads never touch SQLite); updated
+        #: on the reactor thread after each write commits.
+        self.live = LiveIndex()
+        self.nodes = []
 
     # -- life cycle -------------------------------------------------------------
 
     def open(self):
-        """Start the worker thread, create or upgrade the schema; Deferred."""
+        """Start the worker thread, create or upgrade the schema, and load the
+        in-memory index of live peers; Deferred."""
         self._pool.start()
-        return self._call(self._open)
+        d = self._call(self._open)
+        d.addCallback(lambda _: self._call(self._load_index, self.reactor.seconds()))
+        d.addCallback(self._index_loaded)
+        return d
+
+    def _load_index(self, now):
+        peers = self._conn.execute(
+            "SELECT peer_id, record, signature, is_bootstrap, expires_at FROM peers"
+            " WHERE expires_at > ?", (now,)).fetchall()
+        nodes = self._bootstrap_nodes()
+        return peers, nodes
+
+    def _index_loaded(self, result):
+        peers, nodes = result
+        for peer_id, record, signature, is_bootstrap, expires_at in peers:
+            self.live.put(peer_id, record, signature, bool(is_bootstrap), expires_at)
+        self.nodes = nodes
 
     def _open(self):
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -181,7 +202,15 @@ class BootstrapStore:
         Raises (as a failure) ReplayedNonce, Conflict (stale version, email
         bound to another peer) or BadRequest (wrong or expired email code).
         """
-        return self._call(self._register, reg, now)
+        d = self._call(self._register, reg, now)
+
+        def committed(outcome):
+            if isinstance(outcome, Registered):
+                self.live.put(reg.peer_id, reg.record_json, reg.signature,
+                              reg.is_bootstrap, outcome.expires_at)
+            return outcome
+
+        return d.addCallback(committed)
 
     def _register(self, reg, now):
         conn = self._conn
@@ -304,7 +333,13 @@ class BootstrapStore:
 
     def unregister(self, peer_id, nonce, release_email, now):
         """Remove a peer at once. Deferred of (removed, email_released)."""
-        return self._call(self._unregister, peer_id, nonce, release_email, now)
+        d = self._call(self._unregister, peer_id, nonce, release_email, now)
+
+        def committed(result):
+            self.live.remove(peer_id)
+            return result
+
+        return d.addCallback(committed)
 
     def _unregister(self, peer_id, nonce, release_email, now):
         conn = self._conn
@@ -329,7 +364,10 @@ class BootstrapStore:
 
     def set_bootstrap_nodes(self, urls, source, now):
         """Make the ``source`` rows of bootstrap_nodes exactly ``urls``."""
-        return self._call(self._set_bootstrap_nodes, list(urls), source, now)
+        d = self._call(self._set_bootstrap_nodes, list(urls), source, now)
+        d.addCallback(lambda _: self._call(self._bootstrap_nodes))
+        d.addCallback(lambda nodes: setattr(self, "nodes", nodes))
+        return d
 
     def _set_bootstrap_nodes(self, urls, source, now):
         conn = self._conn
@@ -347,6 +385,7 @@ class BootstrapStore:
 
     def sweep(self, now):
         """Delete expired peers, nonces and codes. Deferred of rows deleted."""
+        self.live.expire(now)
         return self._call(self._sweep, now)
 
     def _sweep(self, now):
@@ -364,18 +403,13 @@ class BootstrapStore:
 
     # -- reads ------------------------------------------------------------------
 
-    def discover(self, limit, now, bootstrap_only=True):
-        """A random sample of live peers: Deferred of [(record_json, signature)]."""
-        return self._call(self._discover, limit, now, bootstrap_only)
-
-    def _discover(self, limit, now, bootstrap_only):
-        sql = "SELECT record, signature FROM peers WHERE expires_at > ?"
-        if bootstrap_only:
-            sql += " AND is_bootstrap = 1"
-        return self._conn.execute(sql + " ORDER BY random() LIMIT ?", (now, limit)).fetchall()
+    def discover(self, limit, now, bootstrap_only=True, exclude=None):
+        """A random sample of live peers' signed-record JSON strings (from
+        memory: no database access, no thread hop)."""
+        return self.live.sample(limit, now, bootstrap_only, exclude)
 
     def bootstrap_nodes(self):
-        return self._call(self._bootstrap_nodes)
+        return list(self.nodes)
 
     def _bootstrap_nodes(self):
         return [r[0] for r in self._conn.execute("SELECT url FROM bootstrap_nodes ORDER BY url")]
@@ -405,3 +439,81 @@ class _CommitThenRaise(Exception):
 
 def _code_hash(peer_id, code):
     return hashlib.sha256(f"{peer_id}:{code}".encode()).hexdigest()
+
+
+class LiveIndex:
+    """Live registrations in memory, for O(limit) random sampling.
+
+    Two arrays (all peers, bootstrap-capable peers) with swap-remove, so a
+    sample costs ``limit`` random picks whatever the table size.  Expired
+    entries are skipped when met and dropped by expire().
+    """
+
+    def __init__(self):
+        self._entries = {}  # peer_id -> (signed_json, is_bootstrap, expires_at)
+        self._pools = {True: _Pool(), False: _Pool()}  # bootstrap_only -> pool
+
+    def __len__(self):
+        return len(self._entries)
+
+    def put(self, peer_id, record_json, signature, is_bootstrap, expires_at):
+        self.remove(peer_id)
+        signed = f'{{"record":{record_json},"signature":"{signature}"}}'
+        self._entries[peer_id] = (signed, is_bootstrap, expires_at)
+        self._pools[False].add(peer_id)
+        if is_bootstrap:
+            self._pools[True].add(peer_id)
+
+    def remove(self, peer_id):
+        if self._entries.pop(peer_id, None) is not None:
+            self._pools[False].discard(peer_id)
+            self._pools[True].discard(peer_id)
+
+    def expire(self, now):
+        for peer_id in [p for p, (_, _, exp) in self._entries.items() if exp <= now]:
+            self.remove(peer_id)
+
+    def sample(self, limit, now, bootstrap_only, exclude=None):
+        pool = self._pools[bool(bootstrap_only)]
+        out = []
+        for peer_id in pool.sample(limit + 1 if exclude else limit):
+            signed, _, expires_at = self._entries[peer_id]
+            if expires_at > now and peer_id != exclude:
+                out.append(signed)
+        if len(out) < limit and len(out) < len(pool):
+            # Expired entries were in the way (rare: the sweep runs every
+            # minute); fall back to a full scan.
+            out = [self._entries[p][0] for p in pool.items
+                   if self._entries[p][2] > now and p != exclude]
+            secrets.SystemRandom().shuffle(out)
+        return out[:limit]
+
+
+class _Pool:
+    def __init__(self):
+        self.items = []
+        self._where = {}
+        self._rng = secrets.SystemRandom()
+
+    def __len__(self):
+        return len(self.items)
+
+    def add(self, key):
+        self._where[key] = len(self.items)
+        self.items.append(key)
+
+    def discard(self, key):
+        i = self._where.pop(key, None)
+        if i is None:
+            return
+        last = self.items.pop()
+        if i < len(self.items):
+            self.items[i] = last
+            self._where[last] = i
+
+    def sample(self, k):
+        if k >= len(self.items):
+            out = list(self.items)
+            self._rng.shuffle(out)
+            return out
+        return self._rng.sample(self.items, k)

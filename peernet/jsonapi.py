@@ -6,12 +6,14 @@ any other exception is a bug: it is logged (without the caller's address) and
 answered 500 without a traceback.
 """
 
+import inspect
 import io
 import json
 from urllib.parse import parse_qs
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
@@ -41,8 +43,18 @@ class JSONAPI(Resource):
     routes = {}
 
     def render(self, request):
+        # Handlers may be plain functions (answered within this call: the
+        # fast path that discover takes) or coroutines (answered later).
+        try:
+            result = self._dispatch(request)
+        except Exception:
+            self._failed(Failure(), request)
+            return server.NOT_DONE_YET
+        if not inspect.isawaitable(result):
+            respond(request, *result)
+            return server.NOT_DONE_YET
         request.notifyFinish().addErrback(_mark_gone, request)
-        d = ensureDeferred(self._handle(request))
+        d = ensureDeferred(result)
         d.addCallback(lambda result: respond(request, *result))
         d.addErrback(self._failed, request)
         return server.NOT_DONE_YET
@@ -50,7 +62,7 @@ class JSONAPI(Resource):
     def authorize(self, request):
         pass
 
-    async def _handle(self, request):
+    def _dispatch(self, request):
         path = request.path.decode("latin-1")
         method = request.method.decode("latin-1")
         name = path[len(self.prefix):] if path.startswith(self.prefix) else None
@@ -63,8 +75,8 @@ class JSONAPI(Resource):
         self.authorize(request)
         handler = getattr(self, "handle_" + name.replace(".", "_").replace("/", "_"))
         if method == "POST":
-            return await handler(request, read_json_body(request))
-        return await handler(request)
+            return handler(request, read_json_body(request))
+        return handler(request)
 
     def _failed(self, failure, request):
         if failure.check(PeernetError):

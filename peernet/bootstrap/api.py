@@ -121,7 +121,7 @@ class BootstrapAPI(JSONAPI):
         )
         return 200, {"status": "unregistered", "removed": removed, "email_released": released}
 
-    async def handle_discover(self, request):
+    def handle_discover(self, request):
         limit = _limit_argument(request)
         now = self.reactor.seconds()
         return 200, {
@@ -133,7 +133,7 @@ class BootstrapAPI(JSONAPI):
         counts = await self.store.counts(self.reactor.seconds())
         return 200, {"status": "ok", "version": peernet.__version__, **counts}
 
-    async def handle_openapi_json(self, request):
+    def handle_openapi_json(self, request):
         return 200, Raw(self._openapi)
 
     # -- helpers ----------------------------------------------------------------

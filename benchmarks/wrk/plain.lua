@@ -1,0 +1,3 @@
+-- Plain GET of the URL given on wrk's command line (discover, Twisted
+-- reference).  No response() hook, so wrk does not collect bodies; wrk still
+-- counts statuses >= 400 in summary.errors.status.

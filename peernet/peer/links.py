@@ -1,0 +1,298 @@
+"""Gossip links: Autobahn WebSocket protocols and factories over mutual TLS.
+
+These classes are thin.  They check what belongs to the transport (path,
+subprotocol, binary frames) and hand every event to an *owner* (the
+:class:`peernet.peer.transport.GossipService`), which runs the GossipCore:
+
+* ``owner.inbound_handshake(protocol, tls_peer_id)`` -> a :class:`GossipLink`,
+  or raises ``ConnectionDeny`` (cap reached, refused peer, duplicate link);
+* ``owner.link_open(link)``: the WebSocket is open (for a client: the server
+  accepted our certificate, since TLS 1.3 lets a client finish its side
+  before the server judged it);
+* ``owner.link_message(link, payload, is_binary)``;
+* ``owner.link_lost(link)``: called exactly once per link, open or not.
+
+Privacy: nothing here logs or keeps the remote socket address.  Autobahn's
+own loggers are held at ``error`` (its ``warn`` lines name the peer's
+address), and the server protocol overwrites Autobahn's copy of the address
+(``self.peer``) as soon as the connection is made.
+"""
+
+import itertools
+
+import txaio
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from peernet import constants
+from peernet.tls import peer_id_of_transport
+
+log = Logger()
+
+#: Seconds allowed for TCP + TLS + the HTTP upgrade.
+OPEN_HANDSHAKE_TIMEOUT = 10.0
+#: Seconds to wait for the other side's close frame before dropping.
+CLOSE_HANDSHAKE_TIMEOUT = 2.0
+#: What Autobahn puts in its Server header (no version: nothing to fingerprint).
+SERVER_HEADER = "peernet"
+#: Stands in for the remote address wherever Autobahn would keep it.
+HIDDEN_PEER = "hidden"
+
+# WebSocket close codes.  An application may send only 1000 or 3000-4999
+# (Autobahn enforces it), so ours are 4000 + the RFC 6455 code they mirror.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 4001
+CLOSE_UNSUPPORTED_DATA = 4003
+CLOSE_POLICY_VIOLATION = 4008
+
+# Autobahn's "warn" lines include the peer's socket address ("dropping
+# connection to peer tcp4:..."), so our classes use loggers held at "error".
+# Explicit per-logger levels are not changed by txaio.set_global_log_level.
+_autobahn_log = txaio.make_logger(level="error")
+
+_link_ids = itertools.count(1)
+
+
+class GossipLink:
+    """One gossip connection as the service sees it.
+
+    ``id`` is an opaque counter (the only name logs use); ``outbound`` says who
+    dialled; ``peer_id`` is the pinned peer_id for an outbound link and the
+    TLS-proven peer_id for an inbound one (for a silent peer, a throwaway key
+    that means nothing once the link closes).  ``protocol`` is the Autobahn
+    protocol once a connection exists.
+    """
+
+    __slots__ = ("id", "outbound", "peer_id", "protocol", "opened", "closing",
+                 "lost", "penalties", "connect_deferred", "deadline", "address",
+                 "superseded")
+
+    def __init__(self, outbound, peer_id=None, address=None):
+        self.id = next(_link_ids)
+        self.outbound = outbound
+        self.peer_id = peer_id
+        #: the dialled address (outbound only: a broadcasting peer's own URL)
+        self.address = address
+        self.protocol = None
+        self.opened = False
+        self.closing = False
+        self.lost = False
+        self.penalties = 0
+        self.connect_deferred = None
+        self.deadline = None
+        #: closed because another link to the same peer won (not a failure)
+        self.superseded = False
+
+    def __repr__(self):
+        # Deliberately only the id and direction: safe in any log line.
+        return f"<GossipLink {self.id} {'out' if self.outbound else 'in'}>"
+
+    def send(self, frame):
+        if self.opened and not self.closing and self.protocol is not None:
+            self.protocol.sendMessage(frame, isBinary=True)
+
+    def close(self, code=CLOSE_NORMAL, reason=""):
+        """Start the closing handshake (the protocol drops after a timeout)."""
+        if self.lost:
+            return
+        self.closing = True
+        if self.protocol is None:
+            return
+        if self.opened:
+            # Close reasons are limited to 123 bytes of UTF-8.
+            reason = reason.encode("utf-8")[:120].decode("utf-8", "ignore")
+            self.protocol.sendClose(code=code, reason=reason)
+        else:
+            self.abort()
+
+    def abort(self):
+        """Drop the connection at once (no closing handshake)."""
+        if self.lost or self.protocol is None or self.protocol.transport is None:
+            return
+        try:
+            self.protocol.transport.abortConnection()
+        except AttributeError:
+            # Twisted's TLS transport raises this once it has already been
+            # torn down; the connection is gone either way.
+            pass
+
+
+def _set_options(factory, server):
+    options = dict(
+        maxFramePayloadSize=constants.MAX_MESSAGE_BYTES,
+        maxMessagePayloadSize=constants.MAX_MESSAGE_BYTES,
+        openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT,
+        closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
+        # Liveness is the GossipCore's job (HEARTBEAT every HEARTBEAT_INTERVAL,
+        # a link silent for LINK_DEAD_AFTER is closed); Autobahn pings would
+        # only duplicate it.
+        autoPingInterval=0,
+        failByDrop=True,
+        tcpNoDelay=True,
+    )
+    if server:
+        # Compression off: it would let a peer probe the plaintext length
+        # (CRIME-style) and costs CPU for signed, high-entropy frames.
+        options.update(perMessageCompressionAccept=lambda offers: None,
+                       webStatus=False, requireMaskedClientFrames=True)
+    else:
+        options.update(perMessageCompressionOffers=[])
+    factory.setProtocolOptions(**options)
+
+
+class _GossipProtocolMixin:
+    log = _autobahn_log
+    link = None
+    _reported_lost = False
+
+    # An exception escaping into Twisted would be logged with the
+    # connection's log prefix, which for a server connection holds the
+    # client's address; so every call into the owner is guarded here and
+    # logged by link id only.
+
+    def _call_owner(self, what, *args):
+        try:
+            return getattr(self.factory.owner, what)(*args)
+        except Exception:
+            log.failure("gossip {what} failed on link {link_id}", what=what,
+                        link_id=getattr(self.link, "id", None))
+            return None
+
+    def onOpen(self):
+        self._call_owner("link_open", self.link)
+
+    def onMessage(self, payload, isBinary):
+        self._call_owner("link_message", self.link, payload, isBinary)
+
+    def connectionLost(self, reason):
+        try:
+            super().connectionLost(reason)
+        except Exception:
+            log.failure("Autobahn failed while closing link {link_id}",
+                        link_id=getattr(self.link, "id", None))
+        finally:
+            if not self._reported_lost and self.link is not None:
+                self._reported_lost = True
+                self._call_owner("link_lost", self.link)
+
+
+class GossipServerProtocol(_GossipProtocolMixin, WebSocketServerProtocol):
+    """Accepts ``wss://.../gossip`` with subprotocol ``peernet.1`` only."""
+
+    _counted = False
+
+    def connectionMade(self):
+        self._counted = True
+        self.factory.owner.inbound_connections += 1
+        super().connectionMade()
+        # Autobahn keeps the remote address in self.peer (and in the request
+        # it hands to onConnect); a silent peer's address must not be kept.
+        self.peer = HIDDEN_PEER
+        details = getattr(self, "_transport_details", None)
+        if details is not None:
+            try:
+                details.peer = None
+            except Exception:  # pragma: no cover - older Autobahn
+                pass
+
+    def connectionLost(self, reason):
+        try:
+            super().connectionLost(reason)
+        finally:
+            if self._counted:
+                self._counted = False
+                self.factory.owner.inbound_connections -= 1
+
+    def onConnect(self, request):
+        if request.path != constants.GOSSIP_PATH:
+            raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "unknown path")
+        if constants.WEBSOCKET_SUBPROTOCOL not in request.protocols:
+            raise ConnectionDeny(
+                ConnectionDeny.BAD_REQUEST,
+                f"subprotocol {constants.WEBSOCKET_SUBPROTOCOL} required")
+        tls_peer_id = peer_id_of_transport(self.transport)
+        if tls_peer_id is None:  # pragma: no cover - MutualTLS requires a certificate
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "no client certificate")
+        try:
+            self.link = self.factory.owner.inbound_handshake(self, tls_peer_id)
+        except ConnectionDeny:
+            raise
+        except Exception:
+            log.failure("gossip inbound_handshake failed")
+            raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "internal error")
+        return constants.WEBSOCKET_SUBPROTOCOL
+
+
+class GossipClientProtocol(_GossipProtocolMixin, WebSocketClientProtocol):
+    def onConnect(self, response):
+        if response.protocol != constants.WEBSOCKET_SUBPROTOCOL:
+            # Raising makes Autobahn fail the connection; link_lost follows.
+            raise ValueError(f"the server did not select {constants.WEBSOCKET_SUBPROTOCOL}")
+
+
+class GossipServerFactory(WebSocketServerFactory):
+    """``GossipServerFactory(owner)``: wrap it in :func:`tls_server_factory`."""
+
+    protocol = GossipServerProtocol
+    log = _autobahn_log
+    noisy = False
+
+    def __init__(self, owner):
+        # No URL: a URL would carry the listening port (0 in tests, which
+        # Autobahn rejects) and turn on Host-header port checks that break
+        # behind NAT or port forwarding.
+        super().__init__(protocols=[constants.WEBSOCKET_SUBPROTOCOL], server=SERVER_HEADER)
+        self.owner = owner
+        _set_options(self, server=True)
+
+
+class GossipClientFactory(WebSocketClientFactory):
+    """One factory per dial: ``GossipClientFactory(owner, link, url)``."""
+
+    protocol = GossipClientProtocol
+    log = _autobahn_log
+    noisy = False
+
+    def __init__(self, owner, link, url):
+        super().__init__(url=url, protocols=[constants.WEBSOCKET_SUBPROTOCOL],
+                         useragent=SERVER_HEADER)
+        self.owner = owner
+        self.link = link
+        _set_options(self, server=False)
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.link = self.link
+        self.link.protocol = protocol
+        return protocol
+
+
+class _BoundedTLSFactory(TLSMemoryBIOFactory):
+    """Server-side TLS wrapper that refuses raw connections past a cap.
+
+    ``admit()`` is asked before any TLS work; False closes the socket at once
+    (returning None from buildProtocol makes Twisted drop it).
+    """
+
+    noisy = False
+
+    def __init__(self, creator, wrapped, admit):
+        super().__init__(creator, False, wrapped)
+        self._admit = admit
+
+    def buildProtocol(self, addr):
+        if not self._admit():
+            return None
+        return super().buildProtocol(addr)
+
+
+def tls_server_factory(creator, owner, admit=lambda: True):
+    """The listening factory: MutualTLS (``creator``) around GossipServerFactory."""
+    return _BoundedTLSFactory(creator, GossipServerFactory(owner), admit)

@@ -70,6 +70,8 @@ class ListeningService(Service):
         self.description = description
         self.factory = factory
         self.port = None
+        #: optional callable(port), called once listening
+        self.on_listening = None
 
     def startService(self):
         super().startService()
@@ -85,6 +87,8 @@ class ListeningService(Service):
         if hasattr(outcome, "getHost"):
             self.port = outcome
             log.info("listening on {address}", address=_describe(outcome.getHost()))
+            if self.on_listening is not None:
+                self.on_listening(outcome)
             return
         message = f"cannot listen on {self.description}: {outcome.getErrorMessage()}"
         if synchronous:

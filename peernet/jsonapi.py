@@ -30,6 +30,10 @@ from peernet.errors import (
 log = Logger()
 
 
+#: Returned by a handler that writes its own streaming response.
+STREAMING = object()
+
+
 class JSONAPI(Resource):
     """Routes ``PREFIX + name`` to ``handle_<name>(request[, body])``.
 
@@ -49,6 +53,8 @@ class JSONAPI(Resource):
             result = self._dispatch(request)
         except Exception:
             self._failed(Failure(), request)
+            return server.NOT_DONE_YET
+        if result is STREAMING:
             return server.NOT_DONE_YET
         if not inspect.isawaitable(result):
             respond(request, *result)

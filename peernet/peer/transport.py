@@ -383,19 +383,22 @@ class GossipService(service.Service):
 
     # -- searching -------------------------------------------------------------------
 
-    def search(self, repo=None, peer=None, timeout=SEARCH_TIMEOUT, settle=SEARCH_SETTLE):
+    def search(self, repo=None, peer=None, timeout=SEARCH_TIMEOUT, settle=SEARCH_SETTLE,
+               local=True):
         """Signed records of peers sharing ``repo`` (or of ``peer``), as a Deferred
         list of ``{"record", "signature"}``.
 
-        The local table answers at once when it knows a match; otherwise a
+        The local table answers at once when it knows a match (unless
+        ``local`` is false: then the network is always asked); otherwise a
         PEER_REQUEST goes out and answers are collected until ``timeout``, or
         ``settle`` seconds after the latest answer.  No answer gives [].
         """
         if (repo is None) == (peer is None):
             raise ValueError("search needs exactly one of repo= or peer=")
-        local = self._matches(repo, peer)
         if local:
-            return defer.succeed(self._signed(local))
+            found = self._matches(repo, peer)
+            if found:
+                return defer.succeed(self._signed(found))
         try:
             rid, actions = self.core.search(repo=repo, peer=peer)
         except PeernetError as e:

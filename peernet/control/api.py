@@ -1,0 +1,168 @@
+"""The peer's local control API (JSON over HTTP on loopback, token required).
+
+A first set of endpoints for scripts and tests; the `peernet` command line and
+the dashboard build on it.  Every call needs ``Authorization: Bearer TOKEN``,
+where TOKEN is in ``<state-dir>/control.token`` (mode 0600).  Nothing served
+here ever names an inbound link's address or a silent peer: the peer list
+holds only self-signed broadcasting records, and links are opaque ids.
+"""
+
+import hmac
+import json
+import os
+import secrets
+
+from peernet.errors import BadRequest, PeernetError
+from peernet.jsonapi import STREAMING, JSONAPI
+from peernet.schemas import validator as schema_validator
+
+TOKEN_FILE = "control.token"
+URL_FILE = "control.url"
+
+
+class BadToken(PeernetError):
+    code = "bad_token"
+    http_status = 401
+
+
+def load_or_create_token(state_dir):
+    path = os.path.join(state_dir, TOKEN_FILE)
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+class ControlAPI(JSONAPI):
+    prefix = "/api/"
+    routes = {
+        "status": ("GET",),
+        "peers": ("GET",),
+        "search": ("POST",),
+        "broadcast": ("POST",),
+        "repos": ("POST",),
+        "events": ("GET",),
+    }
+
+    def __init__(self, reactor, gossip, token, *, announcer=None):
+        super().__init__()
+        self.reactor = reactor
+        self.gossip = gossip
+        self.token = token.encode()
+        self.announcer = announcer
+
+    def authorize(self, request):
+        header = request.getHeader("Authorization") or ""
+        given = header[7:].strip().encode() if header.startswith("Bearer ") else b""
+        if not hmac.compare_digest(given, self.token):
+            raise BadToken("missing or wrong token (see control.token in the state directory)")
+
+    def handle_status(self, request):
+        core = self.gossip.core
+        links = self.gossip.links_info()
+        return 200, {
+            "peer_id": core.identity.peer_id,
+            "broadcasting": core.broadcasting,
+            "addresses": core.own.record["addresses"] if core.broadcasting and core.own else [],
+            "links": {"outbound": sum(1 for l in links if l["outbound"] and l["open"]),
+                      "inbound": sum(1 for l in links if not l["outbound"] and l["open"])},
+            "table": {"records": len(core.table),
+                      "broadcasting": len(core.table.live_broadcasting()),
+                      "digest": core.table.digest().hex()},
+            "bootstrap": dict(self.announcer.last_results) if self.announcer else {},
+            "stats": {"received": core.stats.received, "sent": core.stats.sent,
+                      "invalid": core.stats.invalid, "duplicates": core.stats.duplicates},
+        }
+
+    def handle_peers(self, request):
+        now = self.reactor.seconds()
+        peers = []
+        for entry in self.gossip.core.table:
+            if entry.expires_at <= now:
+                continue
+            peers.append({
+                "peer_id": entry.peer_id,
+                "addresses": entry.record["addresses"],
+                "broadcasting": not entry.is_tombstone,
+                "version": entry.record["version"],
+                "issued_at": entry.record["issued_at"],
+                "repos": entry.record.get("repos", []),
+                "score": round(self.gossip.planner.score(entry.peer_id), 3),
+            })
+        peers.sort(key=lambda p: (-p["score"], p["peer_id"]))
+        return 200, {"peers": peers}
+
+    async def handle_search(self, request, body):
+        query = _json_object(body)
+        repo, peer = query.get("repo"), query.get("peer")
+        if (repo is None) == (peer is None) or not isinstance(repo or peer, str):
+            raise BadRequest('give exactly one of "repo" or "peer" (a string)')
+        timeout = query.get("timeout", 5)
+        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
+            raise BadRequest("timeout must be a number of seconds from 0 to 60")
+        network_only = query.get("network_only", False)
+        if not isinstance(network_only, bool):
+            raise BadRequest("network_only must be true or false")
+        results = await self.gossip.search(repo=repo, peer=peer, timeout=timeout,
+                                           local=not network_only)
+        return 200, {"results": results}
+
+    def handle_repos(self, request, body):
+        """Publish this list of repo summaries in our record (a PEER_UPDATE)."""
+        query = _json_object(body)
+        repos = query.get("repos")
+        validator = schema_validator("RepoSummary")
+        if not isinstance(repos, list) or len(repos) > 64:
+            raise BadRequest('give {"repos": [{"name": ...}, ...]} (at most 64)')
+        for repo in repos:
+            validator.check(repo)
+        if not self.gossip.core.broadcasting:
+            raise BadRequest("this node is silent: turn broadcasting on to publish repos",
+                             code="not_broadcasting")
+        self.gossip.set_repos(repos)
+        return 200, {"version": self.gossip.core.own.record["version"]}
+
+    def handle_events(self, request):
+        """Server-sent events: one ``table`` event per table change, as JSON
+        ``{"kind", "peer_id", "version", "t"}`` (t: this node's clock)."""
+        request.setHeader("Content-Type", "text/event-stream")
+        request.setHeader("Cache-Control", "no-store")
+        request.write(b": peernet events\n\n")
+
+        def send(change):
+            entry = self.gossip.core.table.get(change.peer_id)
+            event = {"kind": change.kind, "peer_id": change.peer_id,
+                     "version": entry.record["version"] if entry else None,
+                     "t": self.reactor.seconds()}
+            request.write(b"event: table\ndata: " + json.dumps(event).encode() + b"\n\n")
+
+        self.gossip.add_listener(send)
+        request.notifyFinish().addBoth(lambda _: self.gossip.remove_listener(send))
+        return STREAMING
+
+    async def handle_broadcast(self, request, body):
+        query = _json_object(body)
+        if not isinstance(query.get("on"), bool):
+            raise BadRequest('give {"on": true} or {"on": false}')
+        await self.gossip.set_broadcast(query["on"])
+        return 200, {"broadcasting": self.gossip.core.broadcasting}
+
+
+def _json_object(body):
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON")
+    if not isinstance(value, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return value
+

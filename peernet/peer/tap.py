@@ -1,0 +1,168 @@
+"""`twist peer`: a peernet node (silent by default, broadcasting on request)."""
+
+import os
+import sys
+from urllib.parse import urlsplit
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from peernet import constants
+from peernet.cli import ListeningService, Options as _Options, check_endpoint, check_http_url, die
+from peernet.errors import ConfigError, IdentityError
+
+log = Logger()
+COMMAND = "twist peer"
+
+
+class Options(_Options):
+    command = COMMAND
+    synopsis = "[options]"
+    longdesc = (
+        "Run a peernet node. By default it is SILENT: it registers nowhere, listens on "
+        "nothing, announces nothing and connects outbound only; no other node learns its "
+        "address or identity. With --broadcast it publishes a signed record with its "
+        "address, registers with the bootstrap servers and accepts gossip links."
+    )
+    optFlags = [
+        ["broadcast", None, "Publish this node (record, bootstrap registration, inbound links)."],
+    ]
+    optParameters = [
+        ["state-dir", None, "peernet-state", "Directory for the identity, peer snapshot and control token."],
+        ["listen", None, None,
+         "Endpoint for inbound gossip links (only with --broadcast; default tcp:8701). TLS is added."],
+        ["email", None, None, "Email to register with bootstrap servers (anti-Sybil binding)."],
+        ["control", None, "tcp:0:interface=127.0.0.1",
+         "Endpoint of the local control API (loopback; 'none' to disable)."],
+        ["bind-address", None, None, "Local address to dial from (default: any)."],
+        ["links", None, str(constants.TARGET_LINKS), "Outbound gossip links to keep (1-64)."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["bootstrap"] = []
+        self["advertise"] = []
+
+    def opt_bootstrap(self, url):
+        """Base URL of a bootstrap server (repeatable)."""
+        self["bootstrap"].append(check_http_url(url, "--bootstrap"))
+
+    def opt_advertise(self, address):
+        """Address to announce: wss://HOST:PORT/gossip or HOST:PORT (repeatable; default: the --listen address)."""
+        self["advertise"].append(normalize_advertised(address))
+
+    def postOptions(self):
+        from twisted.internet import reactor
+
+        if self["listen"] is not None and not self["broadcast"]:
+            raise ConfigError("--listen needs --broadcast (a silent node listens on nothing)")
+        if self["advertise"] and not self["broadcast"]:
+            raise ConfigError("--advertise needs --broadcast (a silent node announces nothing)")
+        if self["email"] is not None and not self["broadcast"]:
+            raise ConfigError("--email needs --broadcast (a silent node registers nowhere)")
+        if self["broadcast"]:
+            self["listen"] = self["listen"] or "tcp:8701"
+            check_endpoint(reactor, self["listen"])
+        if self["control"] != "none":
+            check_endpoint(reactor, self["control"])
+        try:
+            self["links"] = int(self["links"])
+        except ValueError:
+            raise ConfigError(f"--links must be a whole number, not {self['links']!r}")
+        if not 1 <= self["links"] <= 64:
+            raise ConfigError("--links must be between 1 and 64")
+        self["state-dir"] = os.path.abspath(self["state-dir"])
+        try:
+            os.makedirs(self["state-dir"], mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--state-dir: cannot create {self['state-dir']}: {e.strerror}")
+
+
+def normalize_advertised(address):
+    if "://" not in address:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"--advertise {address!r}: give wss://HOST:PORT/gossip or HOST:PORT")
+        address = f"wss://{host}:{port}{constants.GOSSIP_PATH}"
+    parts = urlsplit(address)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "wss" or not parts.hostname or not port:
+        raise ConfigError(f"--advertise {address!r}: give wss://HOST:PORT/gossip or HOST:PORT")
+    return address
+
+
+def _fatal(reactor, message):
+    """A start-up failure after option parsing: one line, exit status 1."""
+    sys.stderr.write(f"{COMMAND}: error: {message}\n")
+    sys.stderr.flush()
+    if reactor.running:
+        reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        reactor.stop()
+    else:
+        os._exit(1)
+
+
+def makeService(config, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    from peernet.bootstrap.client import BootstrapClient
+    from peernet.control.api import ControlAPI, load_or_create_token
+    from peernet.gossip.table import PeerTable
+    from peernet.identity import NodeIdentity
+    from peernet.jsonapi import make_site
+    from peernet.peer.announcer import BootstrapAnnouncer
+    from peernet.peer.snapshot import SnapshotService, load_snapshot
+    from peernet.peer.transport import GossipService
+
+    state_dir = config["state-dir"]
+    try:
+        identity = NodeIdentity.load_or_create(state_dir)
+    except IdentityError as e:
+        die(COMMAND, str(e), status=e.exit_status)
+    table = PeerTable()
+    loaded = load_snapshot(table, state_dir, reactor.seconds())
+    if loaded:
+        log.info("loaded {n} peer records from the snapshot", n=loaded)
+
+    top = MultiService()
+    gossip = GossipService(
+        reactor, identity, broadcasting=config["broadcast"], listen=config["listen"],
+        addresses=config["advertise"] or None, table=table,
+        target_links=config["links"], bind_address=config["bind-address"],
+    )
+    gossip.setServiceParent(top)
+    gossip.when_started().addErrback(
+        lambda f: _fatal(reactor, f"the gossip service could not start: {f.getErrorMessage()}"))
+    SnapshotService(reactor, table, state_dir).setServiceParent(top)
+
+    clients = [BootstrapClient(reactor, url, identity if config["broadcast"] else None)
+               for url in config["bootstrap"]]
+    announcer = BootstrapAnnouncer(reactor, clients, gossip, email=config["email"])
+    announcer.setServiceParent(top)
+
+    def on_change(change):
+        if change.peer_id == identity.peer_id:
+            announcer.record_changed()
+
+    gossip.add_listener(on_change)
+
+    if config["control"] != "none":
+        token = load_or_create_token(state_dir)
+        api = ControlAPI(reactor, gossip, token, announcer=announcer)
+        control = ListeningService(reactor, COMMAND, config["control"], make_site(api))
+        control.setServiceParent(top)
+        control.on_listening = lambda port: _write_control_url(state_dir, port)
+    return top
+
+
+def _write_control_url(state_dir, port):
+    from peernet.control.api import URL_FILE
+
+    host = port.getHost()
+    path = os.path.join(state_dir, URL_FILE)
+    with open(path, "w") as f:
+        f.write(f"http://{host.host}:{host.port}\n")
+    log.info("control API on http://{host}:{port}", host=host.host, port=host.port)

@@ -1,158 +1,127 @@
-"""A real peernet bootstrap server on loopback, used the way peers use it.
+"""A real peernet network on this machine's loopback, shown step by step.
 
 Run: ``python -m peernet.demo [--state-dir DIR]`` (the README's first command).
 
-It starts ``twist bootstrap`` as a subprocess with its SQLite database in the
-state directory, registers three broadcasting sample peers with signed
-records (their identities persist in the state directory), asks for a
-discover sample as a silent peer would (no identity), shows what the server
-refuses, unregisters one peer, and stops the server.
+Starts ``twist bootstrap``, three broadcasting ``twist peer`` processes
+(127.0.0.10-12) and one silent peer dialling from 127.0.0.77, as separate
+processes.  Shows each peer's table, a repo announcement spreading, the
+silent peer finding it through the network, and that no other node holds any
+trace of the silent peer; then shuts everything down cleanly.
 """
 
 import argparse
+import glob
+import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import time
+import urllib.request
 
 from rich.console import Console
 from rich.table import Table
-from twisted.internet import defer, task
 
-from peernet.errors import PeernetError
-from peernet.identity import NodeIdentity
+from peernet.devnet import DevNet
 
 console = Console(highlight=False, width=max(110, Console().width))
 
-SAMPLE_PEERS = [
-    ("alice", "127.0.0.11", "alice@example.org"),
-    ("bob", "127.0.0.12", "bob@example.org"),
-    ("carol", "127.0.0.13", None),
-]
-
-
-def start_bootstrap(state_dir):
-    """Start `twist bootstrap` on 127.0.0.1 (free port); return (process, url)."""
-    log_path = os.path.join(state_dir, "bootstrap.log")
-    offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-    twist = os.path.join(os.path.dirname(sys.executable), "twist")
-    command = [twist] if os.path.exists(twist) else [sys.executable, "-m", "twisted"]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            command + ["--log-format=text", "bootstrap",
-                       "--listen", "tcp:0:interface=127.0.0.1",
-                       "--db", os.path.join(state_dir, "bootstrap.sqlite")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with open(log_path, "rb") as f:
-            f.seek(offset)
-            match = re.search(rb"listening on [\d.]+:(\d+)", f.read())
-        if match:
-            return proc, f"http://127.0.0.1:{int(match.group(1))}"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"demo: the bootstrap server did not start; see {log_path}")
-
 
 def short(peer_id):
-    return peer_id[:12] + "…"
+    return peer_id[:10] + "…"
 
 
-async def run(reactor, state_dir, url):
-    from peernet.bootstrap.client import BootstrapClient
-    from peernet.records import make_record
-
-    now_ms = int(reactor.seconds() * 1000)
-    table = Table(title="1. Broadcasting peers register signed records")
-    for col in ("peer", "peer_id", "address", "email", "expires in", "reannounce after"):
-        table.add_column(col)
-    clients = {}
-    for name, host, email in SAMPLE_PEERS:
-        identity = NodeIdentity.load_or_create(os.path.join(state_dir, f"peer-{name}"))
-        client = BootstrapClient(reactor, url, identity)
-        clients[name] = (identity, client)
-        # Each run gets a higher version: a record never goes backwards.
-        record = make_record(identity, [f"wss://{host}:8701/gossip"],
-                             version=now_ms, issued_at_ms=now_ms)
-        answer = await client.register(record, email=email)
-        table.add_row(name, short(identity.peer_id), record["record"]["addresses"][0],
-                      email or "-", f"{answer['expires_at'] - reactor.seconds():.0f} s",
-                      f"{answer['reannounce_after']:.0f} s")
-    console.print(table)
-
-    silent = BootstrapClient(reactor, url)  # no identity: a silent peer
-    answer = await silent.discover(limit=16)
-    table = Table(title="2. A silent peer asks for a sample (no identity sent, nothing stored)")
-    for col in ("peer_id", "addresses", "bootstrap?", "signature"):
-        table.add_column(col)
-    for entry in answer["peers"]:
-        r = entry["record"]
-        table.add_row(short(r["peer_id"]), ", ".join(r["addresses"]),
-                      "yes" if r["is_bootstrap"] else "no", "verified")
-    console.print(table)
-
-    console.print("[bold]3. What the server refuses[/bold] (nothing is written):")
-    mallory = NodeIdentity.generate()
-    attempts = [
-        ("a silent peer trying to register",
-         BootstrapClient(reactor, url, mallory).register(
-             make_record(mallory, ["wss://127.0.0.66:1/gossip"], is_broadcasting=False,
-                         version=1, issued_at_ms=now_ms))),
-        ("a second peer claiming alice's email",
-         BootstrapClient(reactor, url, mallory).register(
-             make_record(mallory, ["wss://127.0.0.66:1/gossip"], version=1,
-                         issued_at_ms=now_ms), email="alice@example.org")),
-        ("an older version of bob's record",
-         clients["bob"][1].register(make_record(clients["bob"][0], ["wss://127.0.0.66:1/gossip"],
-                                                version=1, issued_at_ms=now_ms))),
-    ]
-    for what, d in attempts:
+def traces(paths, needles):
+    """(path, needle) pairs where a needle occurs in a file's bytes."""
+    found = []
+    for path in paths:
         try:
-            await d
-            console.print(f"  - {what}: [red]accepted?![/red]")
-        except PeernetError as e:
-            console.print(f"  - {what}: [green]refused[/green] ({e})")
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        found += [(path, n) for n in needles if n.encode() in data]
+    return found
 
-    await clients["carol"][1].unregister()
-    answer = await silent.discover()
-    names = {clients[n][0].peer_id: n for n in clients}
-    left = sorted(names.get(e["record"]["peer_id"], "?") for e in answer["peers"])
-    console.print(f"[bold]4. carol unregisters[/bold]: discover now returns {', '.join(left)}")
-    health = await silent.health()
-    console.print(
-        f"[bold]5. Health[/bold]: {health['peers']} live peers, {health['emails']} bound "
-        f"emails, schema v{health['schema_version']}"
-    )
+
+def run(state_dir):
+    with DevNet(state_dir, broadcasting=3, silent=1) as net:
+        console.print(f"[bold]Started[/bold] twist bootstrap at {net.bootstrap.url}, "
+                      f"3 broadcasting peers on 127.0.0.10-12, a silent peer dialling from "
+                      f"127.0.0.77 (all separate processes; state in {state_dir})")
+        names = {p.peer_id(): p.name for p in net.peers}
+        waited = net.wait(net.converged, 30)
+        if waited is None:
+            console.print("[red]the network did not converge in 30 s[/red]")
+            return 1
+        console.print(f"Every peer knows every broadcasting peer after {waited:.2f} s.\n")
+
+        peer1 = net.broadcasters[0]
+        version = peer1.set_repos([{"name": "films", "size": 734003200, "files": 12}])
+        spread = net.wait(lambda: all(
+            any(x["peer_id"] == peer1.peer_id() and x["version"] >= version for x in p.peers())
+            for p in net.peers), 10, interval=0.01)
+        console.print(f"[bold]peer1 announces a repo 'films'[/bold] (PEER_UPDATE): every peer holds "
+                      f"it {spread * 1000:.0f} ms later.\n")
+
+        table = Table(title="Each peer's view (links and known broadcasting peers)")
+        for col in ("peer", "kind", "peer_id", "links out/in", "knows", "repos seen"):
+            table.add_column(col)
+        for p in net.peers:
+            st = p.status()
+            known = [x for x in p.peers() if x["broadcasting"]]
+            repos = sorted({r["name"] for x in known for r in x["repos"]})
+            table.add_row(p.name, "broadcasting" if st["broadcasting"] else "silent",
+                          short(st["peer_id"]),
+                          f"{st['links']['outbound']}/{st['links']['inbound']}",
+                          ", ".join(sorted(names.get(x["peer_id"], "?") for x in known)),
+                          ", ".join(repos) or "-")
+        console.print(table)
+
+        silent = net.silent[0]
+        results = silent.search(repo="films", network_only=True)
+        table = Table(title="The silent peer asks the network: who has 'films'? (PEER_REQUEST)")
+        for col in ("answer", "peer_id", "address", "repos", "signature"):
+            table.add_column(col)
+        from peernet.records import verify_signed_record
+
+        for r in results:
+            rec = verify_signed_record(r)
+            table.add_row(names.get(rec["peer_id"], "?"), short(rec["peer_id"]),
+                          ", ".join(rec["addresses"]),
+                          ", ".join(x["name"] for x in rec.get("repos", [])), "verified")
+        console.print(table)
+
+        with urllib.request.urlopen(net.bootstrap.url + "/api/bootstrap/discover", timeout=10) as r:
+            listed = [names.get(p["record"]["peer_id"], "?") for p in json.load(r)["peers"]]
+        console.print(f"The bootstrap server lists: {', '.join(sorted(listed))} "
+                      "(never the silent peer).")
+
+        silent_id = silent.peer_id()
+        for p in net.broadcasters:
+            p.stop()  # clean shutdown: snapshot written, bootstrap unregistered
+        with urllib.request.urlopen(net.bootstrap.url + "/api/bootstrap/health", timeout=10) as r:
+            left = json.load(r)["peers"]
+        console.print(f"Broadcasting peers stopped cleanly; the bootstrap now lists {left} peers.")
+        others = [p.log_path for p in net.broadcasters] + [net.bootstrap.log_path]
+        for p in net.broadcasters:
+            others += glob.glob(os.path.join(p.state_dir, "*"))
+        others += glob.glob(net.bootstrap.db_path + "*")
+        found = traces(others, ["127.0.0.77", silent_id])
+        verdict = "[green]none[/green]" if not found else f"[red]{found}[/red]"
+        console.print(f"[bold]Privacy check[/bold]: traces of the silent peer (127.0.0.77, "
+                      f"{short(silent_id)}) in the other {len(others)} logs, snapshots and "
+                      f"databases: {verdict}")
+        return 0 if not found and results else 1
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", default="demo-state",
-                        help="where the database, logs and sample identities live")
+                        help="where logs, databases, identities and snapshots go")
     args = parser.parse_args(argv)
     state_dir = os.path.abspath(args.state_dir)
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    proc, url = start_bootstrap(state_dir)
-    console.print(f"[bold]twist bootstrap[/bold] (pid {proc.pid}) serving {url}, "
-                  f"database {os.path.join(state_dir, 'bootstrap.sqlite')}")
-    status = 0
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor, state_dir, url)))
-    except SystemExit as e:
-        status = e.code or 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    console.print(f"bootstrap stopped; its log is {os.path.join(state_dir, 'bootstrap.log')}")
+    started = time.monotonic()
+    status = run(state_dir)
+    console.print(f"All processes stopped ({time.monotonic() - started:.1f} s in all).")
     return status
 
 

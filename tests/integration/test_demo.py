@@ -1,4 +1,4 @@
-"""The README's first command works: the demo runs a real server end to end."""
+"""The README's first command works: the demo runs a real network end to end."""
 
 import os
 import subprocess
@@ -9,19 +9,21 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_and_shows_registrations_discover_and_refusals(tmp_path):
+def test_demo_runs_a_network_and_the_silent_peer_finds_the_repo(tmp_path):
     state = tmp_path / "demo-state"
-    for run in (1, 2):  # a second run reuses the identities and the database
+    for run in (1, 2):  # a second run reuses identities, snapshots and the database
         out = subprocess.run(
             [sys.executable, "-m", "peernet.demo", "--state-dir", str(state)],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "160"},
+            capture_output=True, text=True, timeout=180, env={**os.environ, "COLUMNS": "160"},
         )
-        assert out.returncode == 0, out.stdout + out.stderr
-        text = out.stdout
-        assert "Traceback" not in text + out.stderr
-        assert text.count("verified") == 3, text
-        assert text.count("refused") >= 3 and "accepted?!" not in text
-        assert "discover now returns alice, bob" in text
-        assert "2 live peers" in text
-    assert (state / "bootstrap.sqlite").exists()
-    assert oct((state / "peer-alice" / "identity" / "node.key").stat().st_mode & 0o777) == "0o600"
+        text = out.stdout + out.stderr
+        assert out.returncode == 0, text
+        assert "Traceback" not in text
+        assert "every peer holds it" in text
+        assert "verified" in text and "films" in text
+        assert "never the silent peer" in text and "bootstrap now lists 0 peers" in text
+        assert "databases: none" in text
+    assert oct((state / "peer1" / "identity" / "node.key").stat().st_mode & 0o777) == "0o600"
+    assert (state / "peer1" / "peers.snapshot").exists()
+    leftovers = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "the demo left processes running"

@@ -55,7 +55,7 @@ class BootstrapAnnouncer(Service):
                 call.cancel()
         self._calls.clear()
         if not self.gossip.broadcasting:
-            return None
+            return defer.succeed(None)
         return self.unregister_all()
 
     def _schedule(self, key, delay, fn, *args):
@@ -115,7 +115,7 @@ class BootstrapAnnouncer(Service):
                         error=f.getErrorMessage()))
                 calls.append(d)
         self._registered_version.clear()
-        return defer.DeferredList(calls) if calls else None
+        return defer.DeferredList(calls) if calls else defer.succeed(None)
 
     # -- discovery ----------------------------------------------------------------------
 

@@ -51,7 +51,8 @@ def test_wheel_contains_plugin_schema_and_openapi(installed):
     _, names, _ = installed
     assert "twisted/plugins/peernet_plugins.py" in names
     assert "twisted/plugins/__init__.py" not in names and "twisted/__init__.py" not in names
-    for needed in ("peernet/bootstrap/openapi.json", "peernet/bootstrap/schema/v1.sql",
+    for needed in ("peernet/gossip/core.py", "peernet/peer/tap.py", "peernet/control/api.py",
+                   "peernet/bootstrap/openapi.json", "peernet/bootstrap/schema/v1.sql",
                    "peernet/bootstrap/schema/v2.sql", "peernet/bootstrap/schema/upgrade-to-v2.sql"):
         assert needed in names
 
@@ -70,6 +71,9 @@ def test_installed_copy_offers_twist_bootstrap(installed):
     out = subprocess.run(twist + ["bootstrap", "--help"], cwd=tmp, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--listen" in out.stdout and "--federate" in out.stdout
+    out = subprocess.run(twist + ["peer", "--help"], cwd=tmp, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--broadcast" in out.stdout and "--bootstrap" in out.stdout
     # And it really serves, with its schema files and OpenAPI document.
     log = tmp / "server.log"
     proc = subprocess.Popen(

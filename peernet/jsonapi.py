@@ -71,6 +71,8 @@ class JSONAPI(Resource):
     def _dispatch(self, request):
         path = request.path.decode("latin-1")
         method = request.method.decode("latin-1")
+        # Authorize first: without the token, not even the list of endpoints shows.
+        self.authorize(request)
         name = path[len(self.prefix):] if path.startswith(self.prefix) else None
         if name not in self.routes:
             raise NotFound(f"no such endpoint: {path[:100]}")
@@ -78,7 +80,6 @@ class JSONAPI(Resource):
             request.setHeader("Allow", ", ".join(self.routes[name]))
             raise MethodNotAllowed(
                 f"{method[:10]} is not allowed on {path}; use {self.routes[name][0]}")
-        self.authorize(request)
         handler = getattr(self, "handle_" + name.replace(".", "_").replace("/", "_"))
         if method == "POST":
             return handler(request, read_json_body(request))

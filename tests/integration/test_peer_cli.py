@@ -177,6 +177,9 @@ def test_control_api_refuses_a_missing_or_wrong_token(tmp_path):
         assert status == 200 and json.loads(raw)["broadcasting"] is False
         status, _, raw = _call(node, "GET", "events", {})
         assert status == 401
+        # Without the token, even an unknown path says only "bad token".
+        status, _, raw = _call(node, "GET", "no-such-endpoint", {})
+        assert status == 401 and json.loads(raw)["error"]["code"] == "bad_token"
     finally:
         node.stop()
     assert "Traceback" not in node.log()

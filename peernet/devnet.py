@@ -93,11 +93,13 @@ class NodeProcess:
 class BootstrapNode(NodeProcess):
     kind = "bootstrap"
 
-    def __init__(self, workdir, host="127.0.0.1", extra=()):
-        self.db_path = os.path.join(workdir, "bootstrap.sqlite")
-        super().__init__(workdir, ["--listen", f"tcp:0:interface={host}",
+    def __init__(self, workdir, host="127.0.0.1", extra=(), *, db_path=None, listen=None,
+                 scheme="http"):
+        self.db_path = db_path or os.path.join(workdir, "bootstrap.sqlite")
+        super().__init__(workdir, ["--listen", listen or f"tcp:0:interface={host}",
                                    "--db", self.db_path, *extra], "bootstrap")
         self.host = host
+        self.scheme = scheme
         self.port = None
 
     def start(self):
@@ -112,7 +114,7 @@ class BootstrapNode(NodeProcess):
 
     @property
     def url(self):
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
 
 class PeerNode(NodeProcess):

@@ -5,23 +5,20 @@ import base64
 import http.client
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
+from peernet.devnet import BootstrapNode
 from peernet.identity import NodeIdentity
 from peernet.records import make_record, new_nonce, sign_request
 
 BIN = os.path.dirname(sys.executable)
 TWIST = os.path.join(BIN, "twist")
-START_TIMEOUT = 20
 
 
-class BootstrapProcess:
+class BootstrapProcess(BootstrapNode):
     """A real `twist bootstrap` subprocess listening on 127.0.0.1 (port 0).
 
     The port is read from the server's own "listening on" log line, so there
@@ -30,59 +27,7 @@ class BootstrapProcess:
 
     def __init__(self, workdir, *args, db_path=None, host="127.0.0.1", listen=None,
                  scheme="http"):
-        self.workdir = workdir
-        self.db_path = db_path or os.path.join(workdir, "bootstrap.sqlite")
-        self.log_path = os.path.join(workdir, "bootstrap.log")
-        self.args = list(args)
-        self.host = host
-        self.listen = listen or f"tcp:0:interface={host}"
-        self.scheme = scheme
-        self.proc = None
-        self.port = None
-
-    def start(self):
-        self._log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [TWIST, "--log-format=text", "bootstrap",
-             "--listen", self.listen, "--db", self.db_path, *self.args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-        )
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            match = re.search(r"listening on [\d.]+:(\d+)", self.log(since=self._log_offset))
-            if match:
-                self.port = int(match.group(1))
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"twist bootstrap exited early:\n{self.log()}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"twist bootstrap did not start in {START_TIMEOUT} s:\n{self.log()}")
-
-    @property
-    def url(self):
-        return f"{self.scheme}://{self.host}:{self.port}"
-
-    def log(self, since=0):
-        with open(self.log_path, "rb") as f:
-            f.seek(since)
-            return f.read().decode("utf-8", "replace")
-
-    def stop(self, sig=signal.SIGTERM, timeout=15):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def kill9(self):
-        self.stop(signal.SIGKILL)
+        super().__init__(workdir, host, args, db_path=db_path, listen=listen, scheme=scheme)
 
     # -- plain HTTP -----------------------------------------------------------
 

@@ -8,7 +8,8 @@ has it is measured ("time-to-100 %").  Per system it reports the median / p95
 timeout (``misses``: counted, never dropped), and duplicates per delivery.
 
 * The Serf half lives in ``benchmarks/serf_reference.py`` (``run_serf``).
-* The peernet half is :func:`run_peernet` below (TO BE WRITTEN).
+* The peernet half is :func:`run_peernet` below (DevNet processes, events
+  streams; see its docstring).
 
 Targets checked (printed and written, they do not change the exit code):
 
@@ -33,15 +34,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import http.client
 import json
 import os
 import platform
+import selectors
+import shutil
 import signal
+import socket
+import statistics
 import sys
+import tempfile
+import threading
 import time
 import traceback
+import uuid
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -60,10 +70,181 @@ MAX_DUPLICATES = 3.0    # duplicates per delivery <= 3
 
 
 # ==========================================================================
-# peernet half  -- TO BE FILLED IN BY THE LEAD
+# peernet half
 # ==========================================================================
 
-def run_peernet(n, rounds, *, timeout_s=DEFAULT_TIMEOUT_S, log=None):
+#: quiet window measured before the rounds: background frames / duplicates
+#: (heartbeats, refreshes) per second, to show what they add to a round
+BASELINE_S = 3.0
+#: pause after every round (the brief: let the network settle ~0.5 s)
+PEERNET_GAP_S = 0.5
+
+
+class EventStreams(threading.Thread):
+    """One ``GET /api/events`` stream per peer, all read by this one thread.
+
+    A single ``selectors`` loop over N raw sockets (HTTP/1.0, so the body is
+    the bare event stream, no chunking) keeps the measuring client to one
+    mostly idle thread.  Every ``event: table`` is stamped with
+    ``time.monotonic()`` when the bytes holding it come out of ``recv``, so a
+    time includes the event's trip from the peer to this client.
+    ``arrivals[origin_peer_id][listener_index]`` is the list of
+    ``(version, t)`` seen, in order.
+    """
+
+    def __init__(self, nodes):
+        super().__init__(name="peernet-events", daemon=True)
+        self.nodes = nodes
+        self.arrivals = {}
+        self.cond = threading.Condition()
+        self.events = 0
+        self.errors = []
+        self.closed = set()
+        self._stopping = False
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+
+    def open(self, timeout=10.0):
+        """Open every stream (blocking) and wait for each server's greeting."""
+        for i, node in enumerate(self.nodes):
+            parts = urlsplit(node.control_url)
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+            sock.sendall((f"GET /api/events HTTP/1.0\r\nHost: {parts.hostname}\r\n"
+                          f"Authorization: Bearer {node.token}\r\n"
+                          f"Accept: text/event-stream\r\n\r\n").encode())
+            buf = b""
+            deadline = time.monotonic() + timeout
+            while b"\r\n\r\n" not in buf:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{node.name}: no events stream header")
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise RuntimeError(f"{node.name}: events stream closed: {buf[:200]!r}")
+                buf += chunk
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            status = head.split(b"\r\n", 1)[0]
+            if b" 200 " not in status + b" ":
+                raise RuntimeError(f"{node.name}: events stream: {status!r}")
+            sock.setblocking(False)
+            self._sel.register(sock, selectors.EVENT_READ, [i, rest])
+        self.start()
+
+    def run(self):
+        try:
+            while not self._stopping:
+                for key, _ in self._sel.select(timeout=1.0):
+                    if key.data is None:
+                        self._wake_r.recv(64)
+                        continue
+                    try:
+                        chunk = key.fileobj.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        chunk = b""
+                        self.errors.append(f"{self.nodes[key.data[0]].name}: {exc}")
+                    t = time.monotonic()
+                    if not chunk:
+                        self._sel.unregister(key.fileobj)
+                        key.fileobj.close()
+                        self.closed.add(key.data[0])
+                        continue
+                    key.data[1] += chunk
+                    self._parse(key.data, t)
+        except Exception as exc:  # noqa: BLE001 - reported by run_peernet
+            self.errors.append(f"reader: {type(exc).__name__}: {exc}")
+
+    def _parse(self, data, t):
+        index, buf = data
+        *blocks, data[1] = buf.split(b"\n\n")
+        got = []
+        for block in blocks:
+            if not block.startswith(b"event: table"):
+                continue        # the greeting comment
+            for line in block.split(b"\n"):
+                if line.startswith(b"data: "):
+                    ev = json.loads(line[6:])
+                    if ev.get("version") is not None:
+                        got.append((ev["peer_id"], ev["version"]))
+        if got:
+            with self.cond:
+                for origin, version in got:
+                    self.arrivals.setdefault(origin, {}).setdefault(index, []).append(
+                        (version, t))
+                self.events += len(got)
+                self.cond.notify_all()
+
+    def first_at_least(self, origin, index, version):
+        """Monotonic time ``index`` first reported ``origin`` at >= version."""
+        for v, t in self.arrivals.get(origin, {}).get(index, ()):
+            if v >= version:
+                return t
+        return None
+
+    def stop(self):
+        self._stopping = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        if self.is_alive():
+            self.join(5.0)
+        for key in list(self._sel.get_map().values()):
+            try:
+                key.fileobj.close()
+            except OSError:
+                pass
+        self._sel.close()
+        self._wake_w.close()
+
+
+def _post_repos(node, repos, timeout=10.0):
+    """POST /api/repos; returns (t_send, version): t_send is time.monotonic()
+    taken after connecting, just before the request is written."""
+    parts = urlsplit(node.control_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.connect()
+        body = json.dumps({"repos": repos}).encode()
+        t_send = time.monotonic()
+        conn.request("POST", "/api/repos", body=body,
+                     headers={"Authorization": f"Bearer {node.token}",
+                              "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"{node.name} POST /api/repos: {resp.status} {answer}")
+    return t_send, answer["version"]
+
+
+def _stats(nodes):
+    """Every peer's status stats (received, sent, invalid, duplicates)."""
+    return [node.status()["stats"] for node in nodes]
+
+
+def _cpu_seconds(pids):
+    """utime + stime of these processes (from /proc), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
+def _delta(after, before, key):
+    return [a[key] - b[key] for a, b in zip(after, before)]
+
+
+def run_peernet(n, rounds, *, timeout_s=DEFAULT_TIMEOUT_S, log=None, gap_s=PEERNET_GAP_S,
+                keep_dir=False):
     """Measure peernet's gossip convergence; return a dict like ``run_serf``.
 
     Must start ``n`` peernet peers on loopback (127.0.0.1, distinct ports, temp
@@ -93,8 +274,240 @@ def run_peernet(n, rounds, *, timeout_s=DEFAULT_TIMEOUT_S, log=None):
     ``delivery_median_s``, ``delivery_p99_s``, ``join_s``, ``wall_s``,
     ``per_round`` (list of {round, sender, t100_s, received, missing}),
     ``version``, ``notes``.
+
+    How it is done here: :class:`peernet.devnet.DevNet` starts a real ``twist
+    bootstrap`` and ``n`` ``twist peer --broadcast`` processes, peer i
+    listening on 127.0.0.(10 + i).  A "message" is a ``POST /api/repos`` on
+    the publisher (a PEER_UPDATE with a new version V); a peer has it when
+    its ``GET /api/events`` stream reports the publisher's peer_id at a
+    version >= V (one stream per peer, opened before the first round, read by
+    one selectors thread: :class:`EventStreams`).  Duplicates come from the
+    deltas of every peer's ``stats.duplicates`` over the rounds (see the
+    ``notes`` for the exact definition).
     """
-    raise NotImplementedError("run_peernet: the peernet half is not written yet")
+    from peernet.devnet import BootstrapNode, DevNet
+
+    say = log or (lambda *_: None)
+    if n < 2:
+        raise ValueError("peernet needs at least 2 peers")
+    if n > 245:
+        raise ValueError("peers listen on 127.0.0.(10 + i): at most 245")
+    t_start = time.monotonic()
+    run_id = uuid.uuid4().hex[:8]
+    workdir = tempfile.mkdtemp(prefix="peernet-conv-")
+    result = {"tool": "peernet", "version": {"peernet": _dist_version("peernet")},
+              "n": n, "rounds": rounds, "timeout_s": timeout_s, "gap_s": gap_s,
+              "workdir": workdir}
+    net = DevNet(workdir, broadcasting=0, silent=0, bootstrap=False)
+    streams = None
+    per_round = []
+    ok = False
+    try:
+        say(f"starting 1 bootstrap + {n} broadcasting peers in {workdir} ...")
+        # The bootstrap's default register limit (60/60 s per client IP) would
+        # throttle 100 peers registering from 127.0.0.1: raise it.
+        net.bootstrap = BootstrapNode(workdir, extra=["--rate-ip", "100000/1"]).start()
+        for i in range(n):
+            net.add_peer(f"peer{i + 1}", broadcast=True, host=f"127.0.0.{10 + i}")
+        nodes = list(net.broadcasters)
+        result["start_s"] = round(time.monotonic() - t_start, 3)
+        ids = [node.peer_id() for node in nodes]
+        join_timeout = 30.0 + 0.5 * n
+        waited = net.wait(lambda: net.converged(set(ids)), join_timeout, interval=0.5)
+        if waited is None:
+            sizes = [node.status()["table"]["broadcasting"] for node in nodes]
+            raise RuntimeError(f"no convergence within {join_timeout:.0f} s: "
+                               f"table sizes {sorted(sizes)}")
+        result["join_s"] = round(waited, 3)
+        say(f"  {n} peers up in {result['start_s']} s, every table holds all {n} "
+            f"after {result['join_s']} s more")
+        links = [node.status()["links"] for node in nodes]
+        result["links_per_peer"] = {
+            "outbound_mean": round(statistics.fmean(l["outbound"] for l in links), 2),
+            "inbound_mean": round(statistics.fmean(l["inbound"] for l in links), 2),
+            "total_mean": round(statistics.fmean(l["outbound"] + l["inbound"] for l in links), 2)}
+
+        streams = EventStreams(nodes)
+        streams.open()
+        # Quiet baseline: what the network does with no publication at all
+        # (heartbeats, digest pings, syncs left from the join).
+        time.sleep(1.0)
+        base0, tb0 = _stats(nodes), time.monotonic()
+        time.sleep(BASELINE_S)
+        base1, tb1 = _stats(nodes), time.monotonic()
+        span = tb1 - tb0
+        result["baseline"] = {
+            "window_s": round(span, 3),
+            "frames_received_per_s": round(sum(_delta(base1, base0, "received")) / span, 3),
+            "duplicates_per_s": round(sum(_delta(base1, base0, "duplicates")) / span, 3),
+            "table_events": 0,
+        }
+        say(f"  quiet baseline over {span:.1f} s: "
+            f"{result['baseline']['frames_received_per_s']:.1f} frames/s received, "
+            f"{result['baseline']['duplicates_per_s']:.2f} duplicates/s (all peers)")
+
+        before = base1
+        sent = {}
+        t_rounds0 = time.monotonic()
+        cpu0 = time.process_time()
+        pids = [x.pid for x in nodes] + [net.bootstrap.pid]
+        peers_cpu0 = _cpu_seconds(pids)
+        for rnd in range(rounds):
+            sender = rnd % n
+            origin = ids[sender]
+            others = [i for i in range(n) if i != sender]
+            cpu_before = _cpu_seconds(pids)
+            t0, version = _post_repos(nodes[sender],
+                                      [{"name": f"convergence-{run_id}-{rnd}"}])
+            sent[rnd] = t0
+            deadline = t0 + timeout_s
+            with streams.cond:
+                while True:
+                    got = {i: streams.first_at_least(origin, i, version) for i in others}
+                    if all(t is not None for t in got.values()):
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0 or streams.errors:
+                        break
+                    streams.cond.wait(min(0.1, left))
+            round_cpu = _cpu_seconds(pids) - cpu_before
+            lat = {i: t - t0 for i, t in got.items() if t is not None and t - t0 <= timeout_s}
+            missing = [nodes[i].name for i in others if i not in lat]
+            time.sleep(gap_s)
+            after = _stats(nodes)
+            dups = _delta(after, before, "duplicates")
+            recv = _delta(after, before, "received")
+            before = after
+            complete = not missing
+            ordered = sorted(lat.values())
+            row = {
+                "round": rnd, "sender": nodes[sender].name, "version": version,
+                "t100_s": round(ordered[-1], 6) if complete else None,
+                "t50_s": round(percentile(ordered, 50), 6) if ordered else None,
+                "received": len(lat), "missing": missing,
+                "latencies_s": [round(x, 6) for x in ordered],
+                "slowest": nodes[max(lat, key=lat.get)].name if lat else None,
+                "duplicates": sum(dups), "frames_received": sum(recv),
+                "peers_cpu_s": round(round_cpu, 3),
+            }
+            per_round.append(row)
+            say(f"  round {rnd:3d}: sender {row['sender']:<7}  "
+                + (f"t100 {row['t100_s']:.3f} s (last {row['slowest']})" if complete
+                   else f"MISS {len(missing)} peer(s) after {timeout_s} s: "
+                        f"{', '.join(missing[:10])}")
+                + f"  duplicates {row['duplicates']}  frames {row['frames_received']}"
+                + f"  peers' CPU {row['peers_cpu_s']:.2f} s")
+            if streams.errors:
+                raise RuntimeError(f"events stream failed: {streams.errors}")
+            if streams.closed:
+                raise RuntimeError("events stream closed by "
+                                   f"{[nodes[i].name for i in sorted(streams.closed)]}")
+        rounds_span = time.monotonic() - t_rounds0
+        peers_cpu = _cpu_seconds(pids) - peers_cpu0
+        result["peers_cpu_s_per_round"] = round(peers_cpu / rounds, 3)
+        result["peers_cpu_s_per_round_propagation"] = round(
+            statistics.fmean(r["peers_cpu_s"] for r in per_round), 3)
+        result["peers_cpu_pct"] = round(100.0 * peers_cpu / rounds_span, 1)
+        result["rounds_span_s"] = round(rounds_span, 3)
+        say(f"  peers' CPU during the rounds: {result['peers_cpu_s_per_round']} s per round "
+            f"({result['peers_cpu_s_per_round_propagation']} s of it from the POST to the "
+            f"last delivery), "
+            f"{result['peers_cpu_pct']} % of one core on average "
+            f"({os.cpu_count()} CPUs; {gap_s} s gap + status polls included)")
+        result["client_cpu_pct"] = round(100.0 * (time.process_time() - cpu0) / rounds_span, 1)
+        say(f"  measuring client: {result['client_cpu_pct']} % of one core during the rounds "
+            f"(events read: {streams.events})")
+
+        # late deliveries: after their round's timeout, before the end
+        time.sleep(min(1.0, timeout_s))
+        late = []
+        with streams.cond:
+            for row in per_round:
+                sender = next(k for k, x in enumerate(nodes) if x.name == row["sender"])
+                for name in row["missing"]:
+                    i = next(k for k, x in enumerate(nodes) if x.name == name)
+                    t = streams.first_at_least(ids[sender], i, row["version"])
+                    if t is not None:
+                        late.append({"round": row["round"], "peer": name,
+                                     "latency_s": round(t - sent[row["round"]], 3)})
+        result["late_deliveries"] = late
+        result["dead_peers"] = [x.name for x in nodes if not x.running()]
+        ok = True
+    finally:
+        if streams is not None:
+            streams.stop()
+        net.stop()
+        if ok and not keep_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif not ok:
+            say(f"  (peer logs kept in {workdir})")
+
+    t100 = [r["t100_s"] for r in per_round]
+    result.update(summarize_rounds(t100))
+    result["completed_rounds"] = sum(1 for t in t100 if t is not None)
+    result["misses"] = sum(1 for t in t100 if t is None)
+    result["missed_deliveries"] = sum(len(r["missing"]) for r in per_round)
+    all_lat = [x for r in per_round for x in r["latencies_s"]]
+    result["delivery_median_s"] = percentile(all_lat, 50)
+    result["delivery_p99_s"] = percentile(all_lat, 99)
+    total_dups = sum(r["duplicates"] for r in per_round)
+    deliveries = (n - 1) * len(per_round)
+    result["duplicates_total"] = total_dups
+    result["deliveries"] = deliveries
+    result["duplicates_per_delivery"] = total_dups / deliveries if deliveries else None
+    # the same with the publisher's own delivery counted (run_serf's convention)
+    result["duplicates_per_delivery_incl_publisher"] = (
+        total_dups / (n * len(per_round)) if per_round else None)
+    bg = result["baseline"]["duplicates_per_s"] * rounds_span
+    result["baseline_duplicates_expected"] = round(bg, 2)
+    result["duplicates_per_delivery_minus_baseline"] = (
+        max(0.0, total_dups - bg) / deliveries if deliveries else None)
+    result["messages_per_round"] = (sum(r["frames_received"] for r in per_round)
+                                    / len(per_round)) if per_round else None
+    result["per_round"] = per_round
+    result["wall_s"] = round(time.monotonic() - t_start, 3)
+    result["notes"] = [
+        "time-to-100%: from time.monotonic() just before the POST /api/repos is "
+        "written to the publisher until the last other peer's GET /api/events "
+        "stream line reporting the publisher at version >= V came out of recv() "
+        "in the benchmark process: it includes the publisher's HTTP handling and "
+        "each event's delivery (loopback HTTP) to the measuring client",
+        "the publisher's own delivery is not timed (it is local); per-delivery "
+        "figures are over the n-1 other peers",
+        "duplicates per delivery: the sum over all peers of the delta of status "
+        "stats.duplicates over the rounds, divided by (n-1) deliveries per round. "
+        "stats.duplicates counts relayed-type frames (PEER_ANNOUNCEMENT/UPDATE/"
+        "REQUEST/LIST_RESPONSE) dropped by the duplicate filter plus pushes that "
+        "changed nothing in the table, i.e. copies of the PEER_UPDATE beyond the "
+        "first; heartbeats and digest pings are never counted, and a record that "
+        "arrives again inside an anti-entropy PEER_LIST_RESPONSE is not counted "
+        "(the status API does not expose it)",
+        f"background: a {BASELINE_S:.0f} s quiet window before the rounds is "
+        "measured; its duplicate rate times the rounds' duration is "
+        "'baseline_duplicates_expected' (heartbeats every 30 s add frames, not "
+        "duplicates)",
+        "messages received per round: all gossip frames received by all peers "
+        f"per round including the {gap_s} s gap (PEER_UPDATE copies, digest "
+        "pings, heartbeats, sync requests/answers)",
+        "measuring client: one thread reads all n event streams with selectors; "
+        "its CPU use during the rounds (status polls in the gaps included) is "
+        "'client_cpu_pct' (% of one core)",
+        "peers' CPU: utime+stime of all peer processes (and the bootstrap) "
+        "over the rounds, from /proc; 'peers_cpu_s_per_round' and "
+        "'peers_cpu_pct' (% of one core, averaged over rounds and gaps); per round, "
+        "'peers_cpu_s' is the CPU they used from just before the POST until the "
+        "last delivery was seen (compare with t100 x CPUs: saturation)",
+        "bootstrap started with --rate-ip 100000/1 so that all peers can "
+        "register from 127.0.0.1",
+    ]
+    return result
+
+
+def _dist_version(dist):
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 # ==========================================================================
@@ -229,6 +642,8 @@ def text_report(report):
     for side in ("serf", "peernet"):
         if report["errors"].get(side):
             out.append(f"{side}: NOT MEASURED: {report['errors'][side]}")
+    for note in (report.get("peernet") or {}).get("notes") or []:
+        out.append(f"peernet note: {note}")
     return "\n".join(out)
 
 
@@ -261,6 +676,15 @@ def markdown_report(report):
     lines += ["", "| target | verdict | detail |", "|---|---|---|"]
     for t in report["targets"]:
         lines.append(f"| {t['target']} | {t['verdict']} | {t['detail']} |")
+    pn = report.get("peernet") or {}
+    if pn.get("notes"):
+        lines += ["", "## peernet: how it was measured", ""]
+        lines += [f"- {note}" for note in pn["notes"]]
+        extra = {k: pn.get(k) for k in (
+            "join_s", "links_per_peer", "baseline", "duplicates_per_delivery_incl_publisher",
+            "peers_cpu_s_per_round", "peers_cpu_s_per_round_propagation", "peers_cpu_pct",
+            "client_cpu_pct") if pn.get(k) is not None}
+        lines += [f"- {k}: {v}" for k, v in extra.items()]
     errs = {k: e for k, e in report["errors"].items() if e}
     if errs:
         lines += ["", "## Not measured", ""]

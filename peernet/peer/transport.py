@@ -165,6 +165,9 @@ class GossipService(service.Service):
         self._connect_endpoint = connect_endpoint
         self._want_broadcasting = broadcasting
         self._addresses = list(addresses) if addresses is not None else None
+        #: optional callable(listen_host) -> list (or Deferred of one) of more
+        #: addresses to announce next to the gossip address made from the port
+        self.extra_addresses = None
         # The core starts silent; a broadcasting node issues its record once
         # its port is listening (the address may only be known then).
         self.core = GossipCore(identity, reactor, self.rng, broadcasting=False,
@@ -306,6 +309,10 @@ class GossipService(service.Service):
                     "the gossip endpoint listens on every interface; give the address "
                     "to announce (wss://HOST:PORT/gossip)")
             addresses = [gossip_address(host.host, host.port)]
+            if self.extra_addresses is not None:
+                # e.g. the BitTorrent address, known once that engine listens
+                extra = yield defer.maybeDeferred(self.extra_addresses, host.host)
+                addresses += [a for a in extra if a not in addresses]
         self._addresses = list(addresses)
         self._execute(self.core.set_broadcast(True, self._addresses))
 

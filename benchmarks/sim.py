@@ -1,0 +1,233 @@
+"""Run the simulator experiments behind docs/benchmarks.md.
+
+    .venv/bin/python benchmarks/sim.py all            # everything (~8-10 min on 2 cores)
+    .venv/bin/python benchmarks/sim.py scale --max-n 10000   # skip the 100 000-peer runs
+    .venv/bin/python benchmarks/sim.py calibration validation scale ttl compare bandwidth
+
+Each experiment writes benchmarks/results/sim-<name>.json; benchmarks/report.py
+turns them into docs/benchmarks.md and docs/img/*.png.
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from peernet import constants  # noqa: E402
+from peernet.sim import experiments as E  # noqa: E402
+from peernet.sim import lite  # noqa: E402
+from peernet.sim.models import Fixed, LogNormal, wan_cpu  # noqa: E402
+from peernet.sim.realnet import SimNetwork  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+CURVE_T = [round(0.01 * i, 2) for i in range(0, 201)]  # 0..2 s
+
+
+def write(name, data):
+    data["machine"] = {"python": platform.python_version(), "nproc": os.cpu_count(),
+                       "platform": platform.platform()}
+    data["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    path = os.path.join(RESULTS, f"sim-{name}.json")
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    print(f"wrote {path}")
+
+
+def exp_calibration(args):
+    out = {"runs": []}
+    for n, rounds, fname in ((30, 20, "convergence"), (100, 10, "convergence-100")):
+        real = E.load_real(os.path.join(RESULTS, f"{fname}.json"))
+        for label, scale in (("measured cost (unfitted)", 1.0),
+                             ("calibrated", E.CALIBRATED_SCALE)):
+            cpu = E.loopback_cpu(scale=scale) if scale != 1.0 else E.loopback_cpu(
+                scale=1.0, publish_overhead_s=0.008, observe_delay_s=0.002)
+            c = E.calibrate(n, rounds, cpu=cpu)
+            c.update(label=label, real=real, real_file=f"benchmarks/results/{fname}.json")
+            out["runs"].append(c)
+            print(n, label, round(c["t100"]["median"], 3), round(c["t100"]["p99"], 3),
+                  round(c["dup_per_delivery"], 2), "real", real["t100_median"], real["t100_p99"])
+    write("calibration", out)
+
+
+def exp_validation(args):
+    out = {"runs": []}
+    for n, rounds, lat in ((200, 8, Fixed(0.05)), (1000, 6, Fixed(0.05)),
+                           (200, 8, LogNormal(0.05, 0.5))):
+        w = time.perf_counter()
+        v = E.validate_lite(n, seed=1, rounds=rounds, latency=lat)
+        v["wall_s"] = time.perf_counter() - w
+        out["runs"].append(v)
+        print(n, lat.describe(), v["diff_pct"])
+    write("validation", out)
+
+
+def exp_scale(args):
+    plan = [(1000, 4, 5), (10000, 3, 4), (100000, 2, 3)]
+    out = {"latency": "fixed 50 ms", "cpu": vars(wan_cpu()), "runs": []}
+    for n, seeds, origins in plan:
+        if n > args.max_n:
+            continue
+        rss0 = E.rss_bytes()
+        w = time.perf_counter()
+        rounds, events, sim_wall, curves = [], 0, 0.0, []
+        for seed in range(seeds):
+            adj = lite.random_adjacency(n, constants.TARGET_LINKS, random.Random(seed))
+            orig = random.Random(f"o{seed}").sample(range(n), origins)
+            t = time.perf_counter()
+            rs = E.lite_rounds(adj, orig, latency=Fixed(0.05), cpu=wan_cpu(), seed=seed,
+                               horizon=20.0, linger=1.0)
+            sim_wall += time.perf_counter() - t
+            for r in rs:
+                res = r["result"]
+                curves.append(res.coverage_curve(CURVE_T))
+                hops = [h for h in res.hops if h is not None]
+                r["hop_hist"] = {h: hops.count(h) for h in sorted(set(hops))}
+                events += r["events"]
+            rounds += E.strip(rs)
+            rss = E.rss_bytes()
+        row = {"n": n, "runs": len(rounds), "rounds": rounds,
+               "t100": E.summary([r["t100"] for r in rounds]),
+               "t50": E.summary([r["t50"] for r in rounds]),
+               "dup_per_delivery": E.summary([r["dup_per_delivery"] for r in rounds]),
+               "bytes_per_peer_per_update": E.summary([r["bytes_per_peer"] for r in rounds]),
+               "max_hops": E.summary([r["max_hops"] for r in rounds]),
+               "coverage_curve_t": CURVE_T,
+               "coverage_curve_median": [E.pct([c[i] for c in curves], 50) for i in range(len(CURVE_T))],
+               "coverage_curve_min": [min(c[i] for c in curves) for i in range(len(CURVE_T))],
+               "events": events, "events_per_s": events / sim_wall, "wall_s": time.perf_counter() - w,
+               "rss_per_peer_bytes": max(0, rss - rss0) / n}
+        out["runs"].append(row)
+        print(n, row["t100"]["median"], row["t100"]["p99"], row["dup_per_delivery"]["median"],
+              round(row["events_per_s"]), round(row["wall_s"], 1))
+    write("scale", out)
+
+
+def exp_ttl(args):
+    n = min(100000, args.max_n)
+    adj = lite.random_adjacency(n, constants.TARGET_LINKS, random.Random(0))
+    push = []
+    for ttl in (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 32):
+        r = lite.simulate(adj, 0, lite.Variant.push_only(ttl=ttl), seed=0, horizon=20)
+        push.append({"ttl": ttl, "coverage": r.coverage, "reached": r.covered,
+                     "max_hops": max(h for h in r.hops if h is not None)})
+        print("push ttl", ttl, r.covered)
+    n2 = min(10000, n)
+    adj2 = lite.random_adjacency(n2, constants.TARGET_LINKS, random.Random(0))
+    full = []
+    for ttl in (0, 1, 2, 4, 8, 32):
+        r = lite.simulate(adj2, 0, lite.Variant.peernet(ttl=ttl), seed=0, horizon=30)
+        full.append({"ttl": ttl, "coverage": r.coverage, "t100": r.t100,
+                     "dup_per_delivery": r.dup_per_delivery, "bytes_per_peer": r.bytes_total / n2})
+        print("full ttl", ttl, r.t100)
+    write("ttl", {"n_push": n, "push_only": push, "n_full": n2, "peernet": full})
+
+
+def exp_compare(args):
+    variants = {
+        "peernet (push 3 + digest pings + 30 s anti-entropy)": lite.Variant.peernet(),
+        "push fan-out 3 alone": lite.Variant.push_only(),
+        "push fan-out 3 + 30 s anti-entropy (no digest pings)": lite.Variant.push_only(heartbeats=True),
+        "memberlist/Serf-style (fan-out 3, 200 ms, no pull)": lite.Variant.memberlist(),
+        "GossipSub-style (mesh 6, 1 s heartbeat, IHAVE/IWANT)": lite.Variant.gossipsub(),
+    }
+    out = {"latency": "fixed 50 ms", "runs": []}
+    for n, origins in ((1000, 5), (10000, 3), (100000, 1)):
+        if n > args.max_n:
+            continue
+        adj = lite.random_adjacency(n, constants.TARGET_LINKS, random.Random(0))
+        orig = random.Random("cmp").sample(range(n), origins)
+        for name, var in variants.items():
+            horizon = 70.0 if var.kind == "push" and var.heartbeats else 20.0
+            rs = E.lite_rounds(adj, orig, variant=var, latency=Fixed(0.05), cpu=wan_cpu(),
+                               seed=0, horizon=horizon, linger=1.0)
+            cov = [r["coverage"] for r in rs]
+            row = {"n": n, "variant": name, "kind": var.kind, "runs": len(rs),
+                   "coverage_min": min(cov), "coverage_median": E.pct(cov, 50),
+                   "t100": E.summary([r["t100"] for r in rs]),
+                   "t_last": E.summary([r["result"].t_last for r in rs]),
+                   "dup_per_delivery": E.summary([r["dup_per_delivery"] for r in rs]),
+                   "bytes_per_peer": E.summary([r["bytes_per_peer"] for r in rs]),
+                   "curve": rs[0]["result"].coverage_curve(CURVE_T)}
+            out["runs"].append(row)
+            print(n, var.kind, var.heartbeats, row["coverage_min"], row["t100"].get("median"))
+    out["curve_t"] = CURVE_T
+    write("compare", out)
+
+
+def _bandwidth_run(n, silent, duration, churn_per_hour, seed=3):
+    """Real cores, 50 ms links: bytes/s per peer over ``duration`` s, with
+    churn (joins = departures; departures half graceful, half crashes)."""
+    with SimNetwork(seed=seed, latency=Fixed(0.05)) as net:
+        net.build(n, silent=silent)
+        net.run(net.now() + 2.0)
+        rng = random.Random(f"{seed}/churn")
+        b0, t0 = net.bytes_sent, net.now()
+        rate = churn_per_hour * n / 3600.0  # departures per second (and joins)
+        events = {"join": 0, "leave": 0, "crash": 0}
+        t = t0
+        if rate > 0:
+            schedule = []
+            while True:
+                t += rng.expovariate(2 * rate)
+                if t >= t0 + duration:
+                    break
+                schedule.append((t, rng.choice(["join", "join", "leave", "crash"])))
+            for when, what in schedule:
+                net.run(when)
+                live = [nd for nd in net.nodes if nd.alive]
+                if what == "join":
+                    net.join()
+                else:
+                    victim = rng.choice(live)
+                    neighbours = [net.nodes[o] for o, _ in victim.links.values()]
+                    if what == "leave":
+                        net.leave(victim, linger=0.5)
+                    else:
+                        net.crash(victim)
+                    for nb in neighbours:  # the connection manager redials after ~1 s
+                        net.clock.callLater(1.0 + rng.random(), net.repair, nb)
+                events[what] += 1
+        net.run(t0 + duration)
+        live = [nd for nd in net.nodes if nd.alive]
+        links = sum(len(nd.links) for nd in live) / 2
+        total = net.bytes_sent - b0
+        return {"n": n, "silent": silent, "duration_s": duration, "churn_per_hour": churn_per_hour,
+                "events": events, "bytes_per_peer_per_s": total / len(live) / duration,
+                "bytes_per_link_per_s": total / links / duration,
+                "links_per_peer": 2 * links / len(live), "penalties": sum(len(nd.penalties) for nd in net.nodes)}
+
+
+def exp_bandwidth(args):
+    n, silent, dur = 500, 50, 120.0
+    idle = _bandwidth_run(n, silent, dur, 0.0)
+    print("idle", idle)
+    churn = _bandwidth_run(n, silent, dur, 1.0)
+    print("churn 100%/h", churn)
+    churn3 = _bandwidth_run(n, silent, dur, 3.0)
+    print("churn 300%/h", churn3)
+    write("bandwidth", {"real": [idle, churn, churn3], "sizes": lite.frame_sizes()})
+
+
+EXPERIMENTS = {"calibration": exp_calibration, "validation": exp_validation, "scale": exp_scale,
+               "ttl": exp_ttl, "compare": exp_compare, "bandwidth": exp_bandwidth}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiments", nargs="+", choices=list(EXPERIMENTS) + ["all"])
+    p.add_argument("--max-n", type=int, default=100000)
+    args = p.parse_args(argv)
+    names = list(EXPERIMENTS) if "all" in args.experiments else args.experiments
+    for name in names:
+        w = time.perf_counter()
+        EXPERIMENTS[name](args)
+        print(f"{name}: {time.perf_counter() - w:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -49,6 +49,8 @@ DIGEST_BYTES = 16
 BUCKET_HASH_BYTES = 8
 SIGNATURE_BYTES = 64
 MAX_RECORD_BYTES = 16 * 1024
+#: Changes a digest ping may name (HEARTBEAT "recent").
+MAX_RECENT = 8
 
 
 class CodecError(BadRequest):
@@ -137,6 +139,15 @@ def _buckets(v):
             return f"must map bucket numbers (0-{constants.DIGEST_BUCKETS - 1}) to {BUCKET_HASH_BYTES}-byte hashes"
 
 
+def _recent(v):
+    if not isinstance(v, list) or len(v) > MAX_RECENT:
+        return f"must be a list of at most {MAX_RECENT} changes"
+    for item in v:
+        if (not isinstance(item, list) or len(item) != 3 or _bin(32)(item[0])
+                or _int(0, 2**53)(item[1]) or _int(0, 2**53)(item[2])):
+            return "must hold [peer_id (32 bytes), version, issued_at] triples"
+
+
 _TS = _int(0, 2**53)
 _COMMON = {"id": (_bin(ID_BYTES), True), "ts": (_TS, True)}
 _RECORD = {"rec": (_bin(max_len=MAX_RECORD_BYTES), True), "rsig": (_bin(SIGNATURE_BYTES), True)}
@@ -171,6 +182,7 @@ BODY_FIELDS = {
         "digest": (_bin(DIGEST_BYTES), True),
         "n": (_int(0, 2**31), True),
         "load": (_int(0, 100), True),
+        "recent": (_recent, False),
     },
 }
 

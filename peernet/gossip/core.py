@@ -100,6 +100,9 @@ class LinkState:
     #: ids of our recent sync requests on this link (answers may span frames)
     sync_ids: OrderedDict = field(default_factory=OrderedDict)
     ping_due: "float | None" = None
+    #: changes to name in the next digest ping: peer_id -> (version, issued_at)
+    recent: dict = field(default_factory=dict)
+    recent_overflow: bool = False
     #: record hashes this link is known to hold (sent to it or received from it)
     known: OrderedDict = field(default_factory=OrderedDict)
     penalties: int = 0
@@ -162,14 +165,16 @@ class GossipCore:
 
     def __init__(self, identity, clock, rng, *, broadcasting=False, addresses=(),
                  is_bootstrap=True, repos=(), fanout=constants.FANOUT, table=None,
-                 on_unknown_frame=None):
+                 random_bytes=os.urandom, dedup=None):
         self.identity = identity
         self.clock = clock
         self.rng = rng
         self.fanout = fanout
         self.table = table if table is not None else PeerTable()
         self.links = {}
-        self.dedup = DuplicateFilter(clock)
+        # Injectable so that a simulator run is reproducible from its seed.
+        self._random_bytes = random_bytes
+        self.dedup = dedup if dedup is not None else DuplicateFilter(clock)
         self.routes = OrderedDict()  # request id -> (link id, expires)
         self.my_requests = {}  # request id -> expires
         self.stats = Stats()
@@ -182,6 +187,9 @@ class GossipCore:
         self._next_expiry_check = 0.0
         if broadcasting:
             self._issue_record(broadcasting=True, bump=True)
+
+    def _random_id(self):
+        return self._random_bytes(codec.ID_BYTES)
 
     # -- time ----------------------------------------------------------------------------
 
@@ -237,7 +245,7 @@ class GossipCore:
     def _publish(self, mtype, entry):
         ttl = constants.TTL_UPDATE if mtype is MessageType.PEER_UPDATE else constants.TTL_ANNOUNCEMENT
         body = codec.encode_body(mtype, {
-            "id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(),
+            "id": self._random_id(), "ts": self.now_ms(),
             "rec": entry.record_bytes, "rsig": entry.signature,
         })
         frame = codec.encode(mtype, ttl, body, self.identity.sign(body))
@@ -257,7 +265,7 @@ class GossipCore:
         link = LinkState(link_id, outbound, tls_peer_id, now, now, last_heartbeat_sent=now)
         self.links[link_id] = link
         body = {
-            "id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(),
+            "id": self._random_id(), "ts": self.now_ms(),
             "versions": [constants.PROTOCOL_VERSION], "bc": self.broadcasting,
             "repos": len(self._repos) if self.broadcasting else 0,
             "digest": self.table.digest(), "n": len(self.table),
@@ -354,7 +362,9 @@ class GossipCore:
             return self._answer_sync(link, msg)
         if "peer" in body:
             entry = self.table.get(body["peer"])
-            matches = [entry] if entry is not None and not entry.is_tombstone else []
+            # A link-local ask (ttl 0) is anti-entropy: tombstones count too.
+            wanted = entry is not None and (msg.ttl == 0 or not entry.is_tombstone)
+            matches = [entry] if wanted else []
         else:
             matches = self.table.find_repo(body["repo"])
         if matches:
@@ -400,9 +410,31 @@ class GossipCore:
 
     def _handle_heartbeat(self, link, msg):
         link.remote_digest = msg.body["digest"]
-        if link.remote_digest != self.table.digest():
+        if link.remote_digest == self.table.digest():
+            return []
+        recent = msg.body.get("recent")
+        if not recent:
             return self._start_sync(link)
-        return []
+        # A digest ping naming what changed: ask for exactly those records we
+        # lack (one small request each) instead of whole buckets.  Any other
+        # difference is left to the next regular heartbeat's bucket sync.
+        actions = []
+        for peer_id_bytes, version, issued_at in recent:
+            peer_id = peer_id_bytes.hex()
+            entry = self.table.get(peer_id)
+            if entry is None or entry.order < (version, issued_at):
+                actions += self._ask_for_record(link, peer_id)
+        return actions
+
+    def _ask_for_record(self, link, peer_id):
+        body = codec.encode_body(MessageType.PEER_REQUEST, {
+            "id": self._random_id(), "ts": self.now_ms(), "peer": peer_id})
+        # The answer is handled like a sync answer (link-local, solicited).
+        link.sync_ids[codec.message_id(body)] = None
+        while len(link.sync_ids) > 32:
+            link.sync_ids.popitem(last=False)
+        return [self._send(link, codec.encode(MessageType.PEER_REQUEST, 0, body),
+                           MessageType.PEER_REQUEST)]
 
     _handlers = {
         MessageType.HELLO: _handle_hello,
@@ -446,8 +478,15 @@ class GossipCore:
                 self.stats.forwarded += len(targets)
         due = self.now() + constants.DIGEST_PING_DELAY
         for link in self._ready_links():
-            if link is not source and entry.hash not in link.known and link.ping_due is None:
+            if link is source or entry.hash in link.known:
+                continue
+            if link.ping_due is None:
                 link.ping_due = due
+            # Name the change in the ping, so the neighbour pulls exactly it.
+            if entry.peer_id in link.recent or len(link.recent) < codec.MAX_RECENT:
+                link.recent[entry.peer_id] = entry.order
+            else:
+                link.recent_overflow = True
         return actions
 
     def _pick(self, exclude, count, lacking=None):
@@ -464,7 +503,7 @@ class GossipCore:
         if link.sync_outstanding_since is not None and now - link.sync_outstanding_since < 5.0:
             return []
         body = codec.encode_body(MessageType.PEER_REQUEST, {
-            "id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(),
+            "id": self._random_id(), "ts": self.now_ms(),
             "sync": self.table.bucket_hashes()})
         # Answers name the request by its message id (hash of the body).
         link.sync_outstanding_since = now
@@ -490,7 +529,7 @@ class GossipCore:
         if not batches and allow_empty:
             batches = [[]]
         for batch in batches:
-            body = {"id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(), "re": request_id,
+            body = {"id": self._random_id(), "ts": self.now_ms(), "re": request_id,
                     "recs": [e.wire() for e in batch]}
             # Keep each frame under the limit even with large records.
             while batch and len(codec.encode_body(MessageType.PEER_LIST_RESPONSE, body)) > constants.MAX_MESSAGE_BYTES - 200:
@@ -514,7 +553,7 @@ class GossipCore:
     def search(self, repo=None, peer=None):
         """Ask the network; returns (request_id, actions). Answers arrive as
         SearchAnswer actions from later receive() calls."""
-        fields = {"id": os.urandom(codec.ID_BYTES), "ts": self.now_ms()}
+        fields = {"id": self._random_id(), "ts": self.now_ms()}
         if repo is not None:
             fields["repo"] = repo
         else:
@@ -560,9 +599,14 @@ class GossipCore:
             if ping or now - link.last_heartbeat_sent >= constants.HEARTBEAT_INTERVAL:
                 link.ping_due = None
                 link.last_heartbeat_sent = now
-                body = codec.encode_body(MessageType.HEARTBEAT, {
-                    "id": os.urandom(codec.ID_BYTES), "ts": self.now_ms(),
-                    "digest": digest, "n": len(self.table), "load": 0})
+                fields = {"id": self._random_id(), "ts": self.now_ms(),
+                          "digest": digest, "n": len(self.table), "load": 0}
+                if ping and link.recent and not link.recent_overflow:
+                    fields["recent"] = [[bytes.fromhex(pid), v, ia]
+                                        for pid, (v, ia) in link.recent.items()]
+                link.recent = {}
+                link.recent_overflow = False
+                body = codec.encode_body(MessageType.HEARTBEAT, fields)
                 actions.append(self._send(
                     link, codec.encode(MessageType.HEARTBEAT, constants.TTL_HEARTBEAT, body),
                     MessageType.HEARTBEAT))

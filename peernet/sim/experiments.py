@@ -2,14 +2,12 @@
 and the tests.  Each returns plain dicts (JSON-ready)."""
 
 import math
-import os
-import random
 import statistics
 import time
 
 from peernet import constants
 from peernet.sim import lite
-from peernet.sim.models import CpuModel, FREE_CPU, Fixed, wan_cpu
+from peernet.sim.models import CpuModel, FREE_CPU, Fixed
 from peernet.sim.realnet import SimNetwork
 
 

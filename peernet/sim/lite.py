@@ -47,7 +47,6 @@ memberlist/Serf-style gossip and a GossipSub-style mesh (see ``Variant``).
 import hashlib
 import heapq
 import math
-import os
 import random
 from dataclasses import dataclass
 

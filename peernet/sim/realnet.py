@@ -11,8 +11,7 @@ Built on :class:`peernet.gossip.memnet.HeapClock`; the action handling follows
   (links drop, nothing is said), and silent peers;
 * determinism: identities come from seeded Ed25519 keys, every random choice
   from seeded ``random.Random`` streams, and the 16-byte message ids the core
-  draws with ``os.urandom`` are drawn from a seeded stream while the
-  simulation runs (:func:`deterministic_ids`); a SHA-256 over every delivered
+  draws come from a seeded stream (``random_bytes=``); a SHA-256 over every delivered
   frame (time, sender, receiver, bytes) is the run's trace digest;
 * accounting: bytes and frames in/out per peer, and the time and path (push
   hop count or anti-entropy) by which each peer got a watched record.
@@ -32,17 +31,13 @@ instead of the O(N^2) initial exchange.
 """
 
 import collections
-import contextlib
 import hashlib
-import heapq
-import os
 import random
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from peernet import constants
-from peernet.gossip import core as core_module
 from peernet.gossip.codec import MessageType
 from peernet.gossip.core import Close, GossipCore, Penalty, Send, TableChange
 from peernet.gossip.memnet import HeapClock
@@ -65,30 +60,6 @@ class SimIdentity:
 
     def sign(self, data):
         return self.private_key.sign(data)
-
-
-class _SeededOs:
-    """Stands in for the ``os`` module inside peernet.gossip.core."""
-
-    def __init__(self, rng):
-        self._rng = rng
-
-    def urandom(self, n):
-        return self._rng.randbytes(n)
-
-    def __getattr__(self, name):
-        return getattr(os, name)
-
-
-@contextlib.contextmanager
-def deterministic_ids(rng):
-    """While active, GossipCore's message ids come from ``rng``."""
-    saved = core_module.os
-    core_module.os = _SeededOs(rng)
-    try:
-        yield
-    finally:
-        core_module.os = saved
 
 
 class ExactDedup:
@@ -170,15 +141,11 @@ class SimNetwork:
         self._runq = collections.deque()
         self._trace = hashlib.sha256() if trace else None
         self.watch = None  # (peer_id, order) of the record being followed
-        self._ids = deterministic_ids(self.id_rng)
-        self._ids.__enter__()
 
     # -- lifecycle -------------------------------------------------------------
 
     def close(self):
-        if self._ids is not None:
-            self._ids.__exit__(None, None, None)
-            self._ids = None
+        pass
 
     def __enter__(self):
         return self
@@ -200,8 +167,8 @@ class SimNetwork:
         addresses = [f"wss://10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}:8701/gossip"]
         core = GossipCore(identity, self.clock, random.Random(self.core_rng.random()),
                           broadcasting=broadcasting,
-                          addresses=addresses if broadcasting else (), **kw)
-        core.dedup = ExactDedup(self.clock)
+                          addresses=addresses if broadcasting else (),
+                          random_bytes=self.id_rng.randbytes, dedup=ExactDedup(self.clock), **kw)
         node = SimNode(index, core, broadcasting, self.now())
         self.nodes.append(node)
         return node

@@ -3,14 +3,16 @@
 Run: ``python -m peernet.demo [--state-dir DIR]`` (the README's first command).
 
 Starts ``twist bootstrap``, three broadcasting ``twist peer`` processes
-(127.0.0.10-12) and one silent peer dialling from 127.0.0.77, as separate
-processes.  Shows each peer's table, a repo announcement spreading, the
-silent peer finding it through the network, and that no other node holds any
-trace of the silent peer; then shuts everything down cleanly.
+(127.0.0.10-12, one sharing a repo) and one silent peer dialling from
+127.0.0.77, as separate processes.  Shows each peer's table, the repo's
+announcement spreading, the silent peer finding it through the network and
+downloading it with every file's SHA-256 checked, and that no other node holds
+any trace of the silent peer; then shuts everything down cleanly.
 """
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -42,8 +44,23 @@ def traces(paths, needles):
     return found
 
 
+def sample_repo(path):
+    """A small sample repo to share (the same bytes on every run)."""
+    files = {"README.txt": b"peernet demo repo\n" * 100,
+             "clips/intro.bin": hashlib.sha256(b"intro").digest() * 200_000,
+             "clips/outro.bin": hashlib.sha256(b"outro").digest() * 100_000}
+    for rel, data in files.items():
+        full = os.path.join(path, rel)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(data)
+    return path
+
+
 def run(state_dir):
-    with DevNet(state_dir, broadcasting=3, silent=1) as net:
+    films = sample_repo(os.path.join(state_dir, "shared", "films"))
+    peer_args = {"peer1": ["--share", f"films={films}"]}
+    with DevNet(state_dir, broadcasting=3, silent=1, extra_by_name=peer_args) as net:
         console.print(f"[bold]Started[/bold] twist bootstrap at {net.bootstrap.url}, "
                       f"3 broadcasting peers on 127.0.0.10-12, a silent peer dialling from "
                       f"127.0.0.77 (all separate processes; state in {state_dir})")
@@ -54,13 +71,12 @@ def run(state_dir):
             return 1
         console.print(f"Every peer knows every broadcasting peer after {waited:.2f} s.\n")
 
-        peer1 = net.broadcasters[0]
-        version = peer1.set_repos([{"name": "films", "size": 734003200, "files": 12}])
         spread = net.wait(lambda: all(
-            any(x["peer_id"] == peer1.peer_id() and x["version"] >= version for x in p.peers())
-            for p in net.peers), 10, interval=0.01)
-        console.print(f"[bold]peer1 announces a repo 'films'[/bold] (PEER_UPDATE): every peer holds "
-                      f"it {spread * 1000:.0f} ms later.\n")
+            any(r["name"] == "films" for x in p.peers() for r in x["repos"])
+            for p in net.peers), 20, interval=0.01)
+        console.print(f"[bold]peer1 shares the directory {films} as repo 'films'[/bold] "
+                      f"(hashed, a hybrid v1+v2 torrent, seeded, announced in a PEER_UPDATE): "
+                      f"every peer holds it {spread:.2f} s after the network converged.\n")
 
         table = Table(title="Each peer's view (links and known broadcasting peers)")
         for col in ("peer", "kind", "peer_id", "links out/in", "knows", "repos seen"):
@@ -89,6 +105,24 @@ def run(state_dir):
                           ", ".join(rec["addresses"]),
                           ", ".join(x["name"] for x in rec.get("repos", [])), "verified")
         console.print(table)
+
+        dest = os.path.join(state_dir, "silent-downloads")
+        job = silent.api("POST", "get", {"repo": "films", "dest": dest})
+        end = time.monotonic() + 60
+        while job["state"] not in ("done", "failed") and time.monotonic() < end:
+            time.sleep(0.1)
+            job = next(j for j in silent.api("GET", "downloads")["downloads"]
+                       if j["id"] == job["id"])
+        table = Table(title=f"The silent peer downloads 'films' over BitTorrent: {job['state']}"
+                            f" (every file's SHA-256 checked against the signed record)")
+        for col in ("file", "bytes", "sha256"):
+            table.add_column(col)
+        for f in job["files"]:
+            table.add_row(f["path"], f"{f['size']:,}", f["sha256"])
+        console.print(table)
+        if job["state"] != "done":
+            console.print(f"[red]download failed: {job['error']}[/red]")
+            return 1
 
         with urllib.request.urlopen(net.bootstrap.url + "/api/bootstrap/discover", timeout=10) as r:
             listed = [names.get(p["record"]["peer_id"], "?") for p in json.load(r)["peers"]]

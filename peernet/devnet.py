@@ -200,12 +200,14 @@ class DevNet:
     from 127.0.0.(77 + j).
     """
 
-    def __init__(self, workdir, broadcasting=3, silent=1, bootstrap=True, peer_args=()):
+    def __init__(self, workdir, broadcasting=3, silent=1, bootstrap=True, peer_args=(),
+                 extra_by_name=None):
         self.workdir = os.path.abspath(workdir)
         self.n_broadcasting = broadcasting
         self.n_silent = silent
         self.with_bootstrap = bootstrap
         self.peer_args = list(peer_args)
+        self.extra_by_name = dict(extra_by_name or {})
         self.bootstrap = None
         self.broadcasters = []
         self.silent = []
@@ -238,8 +240,9 @@ class DevNet:
     def add_peer(self, name, *, broadcast, host, bootstraps=None, extra=()):
         if bootstraps is None:
             bootstraps = [self.bootstrap.url] if self.bootstrap else []
+        extra = self.peer_args + self.extra_by_name.get(name, []) + list(extra)
         node = PeerNode(self.workdir, name, broadcast=broadcast, host=host,
-                        bootstraps=bootstraps, extra=self.peer_args + list(extra)).start()
+                        bootstraps=bootstraps, extra=extra).start()
         (self.broadcasters if broadcast else self.silent).append(node)
         return node
 

@@ -60,7 +60,7 @@ def test_latency_models_keep_links_fifo_and_parse():
 
 
 def test_lite_model_agrees_with_the_real_core_at_small_n():
-    real, info = E.real_rounds(150, seed=4, rounds=4, latency=Fixed(0.05))
+    real, info = E.real_rounds(150, seed=4, rounds=4, latency=Fixed(0.05), stagger=True)
     lt = E.lite_rounds(info["adjacency"], [r["origin"] for r in real], latency=Fixed(0.05), seed=4)
     assert all(r["covered"] for r in real) and all(r["covered"] for r in lt)
     t_real = statistics.median(r["t100"] for r in real)
@@ -69,7 +69,34 @@ def test_lite_model_agrees_with_the_real_core_at_small_n():
     d_real = statistics.fmean(r["dup_per_delivery"] for r in real)
     d_lite = statistics.fmean(r["dup_per_delivery"] for r in lt)
     assert abs(d_real - d_lite) / d_real < 0.15
+    # bytes per peer per update (digest pings naming the change, record asks)
+    b_real = statistics.median(r["bytes_per_peer"] for r in real)
+    b_lite = statistics.median(r["bytes_per_peer"] for r in lt)
+    assert abs(b_real - b_lite) / b_real < 0.10
     assert info["penalties"] == 0
+
+
+def test_digest_pings_pull_named_records_not_buckets():
+    # real core: the spread asks for the one record; no bucket sync without
+    # a regular heartbeat (build() opens every link at once: none due for 30 s)
+    with SimNetwork(seed=2, latency=Fixed(0.05), count_types=True) as net:
+        net.build(120, degree_out=4)
+        net.run(net.now() + 0.5)
+        net.publish_update(net.nodes[0], [{"name": "z"}])
+        assert net.run_until_covered(5.0)
+        net.run(net.now() + 1.0)
+        kinds = net.sent_by_type
+        assert kinds["HEARTBEAT recent"] > 0 and kinds["PEER_REQUEST peer"] > 0
+        assert kinds["PEER_REQUEST sync"] == 0 and kinds["HEARTBEAT"] == 0
+        assert any(nd.got[1] == "sync" for nd in net.nodes if nd.got)
+    # lite: the same without regular heartbeats; the old rule syncs buckets
+    adj = lite.random_adjacency(3000, 8, random.Random(2))
+    new = lite.simulate(adj, 0, lite.Variant.peernet(heartbeats=False), seed=2)
+    old = lite.simulate(adj, 0, lite.Variant.peernet(heartbeats=False, recent=False), seed=2)
+    assert new.coverage == old.coverage == 1.0
+    assert "sync_req" not in new.sent_by_kind and new.sent_by_kind["ask_req"] > 0
+    assert old.sent_by_kind["sync_req"] > 0 and "ask_req" not in old.sent_by_kind
+    assert new.bytes_total < 0.5 * old.bytes_total
 
 
 def test_calibration_matches_the_real_30_peer_benchmark():

@@ -49,16 +49,22 @@ class ControlAPI(JSONAPI):
         "peers": ("GET",),
         "search": ("POST",),
         "broadcast": ("POST",),
-        "repos": ("POST",),
+        "repos": ("GET", "POST"),
         "events": ("GET",),
+        "share": ("POST",),
+        "unshare": ("POST",),
+        "get": ("POST",),
+        "downloads": ("GET",),
+        "cancel": ("POST",),
     }
 
-    def __init__(self, reactor, gossip, token, *, announcer=None):
+    def __init__(self, reactor, gossip, token, *, announcer=None, repos=None):
         super().__init__()
         self.reactor = reactor
         self.gossip = gossip
         self.token = token.encode()
         self.announcer = announcer
+        self.repos = repos
 
     def authorize(self, request):
         header = request.getHeader("Authorization") or ""
@@ -116,8 +122,16 @@ class ControlAPI(JSONAPI):
                                            local=not network_only)
         return 200, {"results": results}
 
-    def handle_repos(self, request, body):
-        """Publish this list of repo summaries in our record (a PEER_UPDATE)."""
+    def handle_repos(self, request, body=None):
+        """GET: repos shared here and known in the table.  POST: publish this
+        list of repo summaries in our record as is (a PEER_UPDATE; low level,
+        for tests and tools: `share` is what users want)."""
+        if body is None:
+            shared = []
+            if self.repos is not None:
+                shared = [dict(m.summary(), path=m.root) for m, _ in self.repos.shares.values()]
+            known = self.repos.known_repos() if self.repos is not None else []
+            return 200, {"shared": shared, "known": known}
         query = _json_object(body)
         repos = query.get("repos")
         validator = schema_validator("RepoSummary")
@@ -130,6 +144,47 @@ class ControlAPI(JSONAPI):
                              code="not_broadcasting")
         self.gossip.set_repos(repos)
         return 200, {"version": self.gossip.core.own.record["version"]}
+
+    async def handle_share(self, request, body):
+        query = _json_object(body)
+        name, path = query.get("name"), query.get("path")
+        if not isinstance(name, str) or not isinstance(path, str):
+            raise BadRequest('give {"name": ..., "path": ...}')
+        if not self.gossip.core.broadcasting:
+            raise BadRequest("this node is silent: turn broadcasting on to share repos",
+                             code="not_broadcasting")
+        return 200, {"shared": await self._repos().share(name, path)}
+
+    async def handle_unshare(self, request, body):
+        name = _json_object(body).get("name")
+        if not isinstance(name, str):
+            raise BadRequest('give {"name": ...}')
+        return 200, {"unshared": await self._repos().unshare(name)}
+
+    async def handle_get(self, request, body):
+        query = _json_object(body)
+        name, infohash, dest = query.get("repo"), query.get("infohash"), query.get("dest")
+        if (name is None) == (infohash is None) or not isinstance(name or infohash, str):
+            raise BadRequest('give exactly one of "repo" or "infohash" (a string)')
+        if dest is not None and not isinstance(dest, str):
+            raise BadRequest("dest must be a directory path")
+        job = await self._repos().get(name=name, infohash=infohash, dest=dest)
+        return 200, job.as_json()
+
+    def handle_downloads(self, request):
+        return 200, {"downloads": [j.as_json() for j in self._repos().jobs.values()]}
+
+    async def handle_cancel(self, request, body):
+        job_id = _json_object(body).get("id")
+        if type(job_id) is not int:
+            raise BadRequest('give {"id": N}')
+        job = await self._repos().cancel(job_id)
+        return 200, job.as_json()
+
+    def _repos(self):
+        if self.repos is None:
+            raise BadRequest("this node does not share or download repos", code="no_repos")
+        return self.repos
 
     def handle_events(self, request):
         """Server-sent events: one ``table`` event per table change, as JSON
@@ -145,8 +200,19 @@ class ControlAPI(JSONAPI):
                      "t": self.reactor.seconds()}
             request.write(b"event: table\ndata: " + json.dumps(event).encode() + b"\n\n")
 
+        def send_download(job):
+            request.write(b"event: download\ndata: " + json.dumps(job.as_json()).encode() + b"\n\n")
+
         self.gossip.add_listener(send)
-        request.notifyFinish().addBoth(lambda _: self.gossip.remove_listener(send))
+        if self.repos is not None:
+            self.repos.listeners.append(send_download)
+
+        def gone(_):
+            self.gossip.remove_listener(send)
+            if self.repos is not None and send_download in self.repos.listeners:
+                self.repos.listeners.remove(send_download)
+
+        request.notifyFinish().addBoth(gone)
         return STREAMING
 
     async def handle_broadcast(self, request, body):

@@ -40,6 +40,8 @@ class ContactHistory:
     last_failure: "float | None" = None
     #: earliest time the peer may be dialled again
     next_attempt: float = 0.0
+    #: times the peer served data that failed verification (torrents)
+    bad_data: int = 0
 
 
 class DialPlanner:
@@ -91,6 +93,10 @@ class DialPlanner:
         delay = self.backoff_delay(entry.failures)
         entry.next_attempt = now + delay
         return delay
+
+    def record_bad_data(self, peer_id):
+        """``peer_id`` served data that failed a hash or manifest check."""
+        self._entry(peer_id).bad_data += 1
 
     def backoff_delay(self, failures):
         """The (jittered) wait after ``failures`` consecutive failures."""
@@ -149,14 +155,14 @@ class DialPlanner:
     def score(self, peer_id):
         """Higher is better: past successes count up (to 20), failures down.
 
-        Consecutive failures cost 4 each, and any failure in the last
+        Consecutive failures cost 4 each, bad data served 10 each, and any failure in the last
         RECENT_FAILURE_SECONDS costs 5 more, so a peer that just failed sits
         below an unknown one (score 0) until it has proven itself again.
         """
         entry = self._history.get(peer_id)
         if entry is None:
             return 0.0
-        score = float(min(entry.successes, 20)) - 4.0 * entry.failures
+        score = float(min(entry.successes, 20)) - 4.0 * entry.failures - 10.0 * entry.bad_data
         if (entry.last_failure is not None
                 and self.clock.seconds() - entry.last_failure < RECENT_FAILURE_SECONDS):
             score -= 5.0

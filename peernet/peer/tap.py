@@ -9,7 +9,7 @@ from twisted.logger import Logger
 
 from peernet import constants
 from peernet.cli import ListeningService, Options as _Options, check_endpoint, check_http_url, die
-from peernet.errors import ConfigError, IdentityError
+from peernet.errors import ConfigError, IdentityError, PeernetError
 
 log = Logger()
 COMMAND = "twist peer"
@@ -36,12 +36,34 @@ class Options(_Options):
          "Endpoint of the local control API (loopback; 'none' to disable)."],
         ["bind-address", None, None, "Local address to dial from (default: any)."],
         ["links", None, str(constants.TARGET_LINKS), "Outbound gossip links to keep (1-64)."],
+        ["downloads", None, None, "Directory downloads go to (default: STATE_DIR/downloads)."],
+        ["torrent-port", None, "0",
+         "BitTorrent listening port (with --broadcast; 0 picks a free one)."],
+        ["upload-limit", None, "0", "Cap on BitTorrent upload, in KiB/s (0: none)."],
     ]
 
     def __init__(self):
         super().__init__()
         self["bootstrap"] = []
         self["advertise"] = []
+        self["share"] = {}
+
+    def opt_share(self, value):
+        """Share a directory as a repo: NAME=PATH (repeatable)."""
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--share {value!r}: give NAME=PATH")
+        if name in self["share"]:
+            raise ConfigError(f"--share: the repo name {name!r} is given twice")
+        from peernet.torrent.repo import check_repo_name
+
+        try:
+            check_repo_name(name)
+        except PeernetError as e:
+            raise ConfigError(f"--share {name!r}: {e}")
+        if not os.path.isdir(path):
+            raise ConfigError(f"--share {name}: {path} is not a directory")
+        self["share"][name] = os.path.abspath(path)
 
     def opt_bootstrap(self, url):
         """Base URL of a bootstrap server (repeatable)."""
@@ -71,7 +93,23 @@ class Options(_Options):
             raise ConfigError(f"--links must be a whole number, not {self['links']!r}")
         if not 1 <= self["links"] <= 64:
             raise ConfigError("--links must be between 1 and 64")
+        try:
+            self["torrent-port"] = int(self["torrent-port"])
+        except ValueError:
+            raise ConfigError(f"--torrent-port must be a port number, not {self['torrent-port']!r}")
+        if not 0 <= self["torrent-port"] <= 65535:
+            raise ConfigError("--torrent-port must be between 0 and 65535")
+        try:
+            self["upload-limit"] = int(self["upload-limit"])
+            if self["upload-limit"] < 0:
+                raise ValueError
+        except ValueError:
+            raise ConfigError("--upload-limit must be a whole number of KiB/s (0: no cap)")
+        if self["share"] and not self["broadcast"]:
+            raise ConfigError("--share needs --broadcast (a silent node accepts no downloads)")
         self["state-dir"] = os.path.abspath(self["state-dir"])
+        self["downloads"] = os.path.abspath(
+            self["downloads"] or os.path.join(self["state-dir"], "downloads"))
         try:
             os.makedirs(self["state-dir"], mode=0o700, exist_ok=True)
         except OSError as e:
@@ -115,7 +153,9 @@ def makeService(config, reactor=None):
     from peernet.jsonapi import make_site
     from peernet.peer.announcer import BootstrapAnnouncer
     from peernet.peer.snapshot import SnapshotService, load_snapshot
+    from peernet.peer.repos import RepoService, torrent_address
     from peernet.peer.transport import GossipService
+    from peernet.torrent.engine import TorrentEngine
 
     state_dir = config["state-dir"]
     try:
@@ -133,7 +173,22 @@ def makeService(config, reactor=None):
         addresses=config["advertise"] or None, table=table,
         target_links=config["links"], bind_address=config["bind-address"],
     )
+    engine = TorrentEngine(
+        reactor, state_dir, inbound=config["broadcast"],
+        listen_interfaces=(f"{_listen_host(config['listen'])}:{config['torrent-port']}"
+                           if config["broadcast"] else None),
+        settings={"upload_rate_limit": config["upload-limit"] * 1024})
+    engine.setServiceParent(top)
+    if config["broadcast"]:
+        def torrent_addresses(host):
+            return engine.ready.addCallback(
+                lambda _: [torrent_address(host, engine.listen_port())])
+
+        gossip.extra_addresses = torrent_addresses
     gossip.setServiceParent(top)
+    repos = RepoService(reactor, gossip, engine, state_dir, config["downloads"],
+                        initial_shares=config["share"])
+    repos.setServiceParent(top)
     gossip.when_started().addErrback(
         lambda f: _fatal(reactor, f"the gossip service could not start: {f.getErrorMessage()}"))
     SnapshotService(reactor, table, state_dir).setServiceParent(top)
@@ -151,7 +206,7 @@ def makeService(config, reactor=None):
 
     if config["control"] != "none":
         token = load_or_create_token(state_dir)
-        api = ControlAPI(reactor, gossip, token, announcer=announcer)
+        api = ControlAPI(reactor, gossip, token, announcer=announcer, repos=repos)
         control = ListeningService(reactor, COMMAND, config["control"], make_site(api))
         control.setServiceParent(top)
         control.on_listening = lambda port: _write_control_url(state_dir, port)
@@ -166,3 +221,11 @@ def _write_control_url(state_dir, port):
     with open(path, "w") as f:
         f.write(f"http://{host.host}:{host.port}\n")
     log.info("control API on http://{host}:{port}", host=host.host, port=host.port)
+
+
+def _listen_host(description):
+    """The interface a server endpoint string binds (0.0.0.0 when it names none)."""
+    for part in description.split(":")[1:]:
+        if part.startswith("interface="):
+            return part[len("interface="):]
+    return "0.0.0.0"

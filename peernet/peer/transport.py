@@ -309,10 +309,14 @@ class GossipService(service.Service):
                     "the gossip endpoint listens on every interface; give the address "
                     "to announce (wss://HOST:PORT/gossip)")
             addresses = [gossip_address(host.host, host.port)]
-            if self.extra_addresses is not None:
-                # e.g. the BitTorrent address, known once that engine listens
-                extra = yield defer.maybeDeferred(self.extra_addresses, host.host)
-                addresses += [a for a in extra if a not in addresses]
+        addresses = list(addresses)
+        if self.extra_addresses is not None:
+            # e.g. the BitTorrent address, known once that engine listens; on
+            # the host this node announces for gossip.
+            dialable = [parse_gossip_address(a) for a in addresses]
+            host_name = next((d[0] for d in dialable if d), self.listening_port.getHost().host)
+            extra = yield defer.maybeDeferred(self.extra_addresses, host_name)
+            addresses += [a for a in extra if a not in addresses]
         self._addresses = list(addresses)
         self._execute(self.core.set_broadcast(True, self._addresses))
 

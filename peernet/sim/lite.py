@@ -21,12 +21,23 @@ and applies the same rules as ``peernet.gossip.core.GossipCore``:
 * every table change (push or sync answer) schedules a digest ping
   ``DIGEST_PING_DELAY`` later on every link other than the source that is not
   known to hold the record (coalesced: one per link);
-* a heartbeat (digest ping or the regular one every HEARTBEAT_INTERVAL, at a
-  random phase per link) whose digest differs starts a sync unless one is
-  outstanding on that link for < 5 s; the answer carries the differing bucket
-  minus records the link is known to hold, and the answerer asks back when
-  the buckets differ and it has no sync outstanding on that link;
-* a sync answer that brings the record applies it (digest pings, no push).
+* a digest ping names the change (HEARTBEAT ``recent``; one record tracked,
+  so never more than 8): a receiver whose digest differs and which lacks the
+  named record asks for exactly it with a link-local PEER_REQUEST ``peer``
+  (one per ping received, none deduplicated across links, as the core does),
+  answered by a PEER_LIST_RESPONSE carrying that one record; the answer also
+  clears the link's outstanding-sync mark (core: its id is in ``sync_ids``);
+* every heartbeat, ping or regular, restarts that link's HEARTBEAT_INTERVAL
+  timer (``last_heartbeat_sent``), and a regular heartbeat that falls due
+  while a ping is pending replaces it (no ``recent``);
+* a regular heartbeat (no ``recent``) whose digest differs starts a bucket
+  sync unless one is outstanding on that link for < 5 s; the answer carries
+  the differing bucket minus records the link is known to hold, and the
+  answerer asks back when the buckets differ and it has no sync outstanding
+  on that link (``Variant(recent=False)`` applies this to digest pings too:
+  the rule before the core named changes in pings);
+* a sync or ask answer that brings the record applies it (digest pings, no
+  push).
 
 Frame sizes are those of the real codec (:func:`frame_sizes`); processing
 time per frame follows a :class:`peernet.sim.models.CpuModel` (one frame at a
@@ -35,8 +46,9 @@ time per peer).  The model is validated against the real core at N = 200 and
 
 Not modelled (stated in docs/benchmarks.md): HELLO/link churn during the
 spread, records other than the watched one (a sync answer's other records
-in the differing bucket count as bytes only: bucket size N/256, none assumed
-known on the link), bloom false positives, and per-link ordering under
+in the differing bucket count as bytes only: 1 + (N-1)/256 records, the
+expected size of the watched record's bucket, none assumed known on the
+link), bloom false positives, and per-link ordering under
 non-fixed latency is kept FIFO as TCP does.
 
 The same engine also runs the comparison protocols on the same network
@@ -56,9 +68,14 @@ from peernet.gossip.codec import MessageType
 from peernet.sim.models import FREE_CPU, FRAME_OVERHEAD_BYTES, Fixed
 
 # event kinds
-PUSH, HB, SREQ, SRESP, PINGS, HBT, ML_MSG, ML_TICK, GS_MSG, GS_TICK, GS_IHAVE, GS_IWANT, PUB = range(13)
+(PUSH, HB, SREQ, SRESP, PINGS, HBT, ML_MSG, ML_TICK, GS_MSG, GS_TICK, GS_IHAVE, GS_IWANT, PUB,
+ AREQ, ARESP) = range(15)
 KIND_NAMES = ["push", "heartbeat", "sync_req", "sync_resp", "pings", "hb_timer", "ml_msg",
-              "ml_tick", "gs_msg", "gs_tick", "gs_ihave", "gs_iwant", "publish"]
+              "ml_tick", "gs_msg", "gs_tick", "gs_ihave", "gs_iwant", "publish",
+              "ask_req", "ask_resp"]
+TIMERS = (PINGS, HBT, ML_TICK, GS_TICK)
+#: kinds that are frames received by a peer (the rest are timers)
+FRAME_KINDS = frozenset(k for k in range(15) if k not in TIMERS and k != PUB)
 SYNC_RETRY = 5.0  # core._start_sync: no second sync on a link within 5 s
 
 
@@ -66,7 +83,9 @@ SYNC_RETRY = 5.0  # core._start_sync: no second sync on a link within 5 s
 class Variant:
     """Which protocol the lite engine runs.
 
-    ``peernet``: push fan-out + digest pings + 30 s anti-entropy (the real rules).
+    ``peernet``: push fan-out + digest pings + 30 s anti-entropy (the real rules);
+    ``recent=False`` runs the rule before digest pings named their changes
+    (every mismatching heartbeat, ping or not, starts a bucket sync).
     ``push``: push fan-out only (``heartbeats`` adds the 30 s anti-entropy).
     ``memberlist``: every ``interval`` s a peer holding the message sends it to
     ``fanout`` random members (the whole membership, as memberlist/Serf do),
@@ -81,6 +100,7 @@ class Variant:
     ttl: int = constants.TTL_UPDATE
     pings: bool = True
     heartbeats: bool = True
+    recent: bool = True
     ping_delay: float = constants.DIGEST_PING_DELAY
     hb_interval: float = constants.HEARTBEAT_INTERVAL
     interval: float = 0.2
@@ -131,13 +151,19 @@ def frame_sizes():
 
     push = size(T.PEER_UPDATE, 32, {"rec": rec, "rsig": rsig}, sig=True)
     hb = size(T.HEARTBEAT, 2, {"digest": bytes(16), "n": 100000, "load": 0})
+    # a digest ping naming one change: [peer_id, version, issued_at]
+    ping = size(T.HEARTBEAT, 2, {"digest": bytes(16), "n": 100000, "load": 0,
+                                 "recent": [[bytes(32), ts, ts]]})
+    ask = size(T.PEER_REQUEST, 0, {"peer": "0" * 64})
+    ask_resp = size(T.PEER_LIST_RESPONSE, constants.TTL_RESPONSE, {"re": bytes(16), "recs": [[rec, rsig]]})
     sreq0 = size(T.PEER_REQUEST, 0, {"sync": {}})
     sreq256 = size(T.PEER_REQUEST, 0, {"sync": {b: bytes(8) for b in range(256)}})
     resp0 = size(T.PEER_LIST_RESPONSE, 0, {"re": bytes(16), "recs": []})
     resp1 = size(T.PEER_LIST_RESPONSE, 0, {"re": bytes(16), "recs": [[rec, rsig]]})
     hello = size(T.HELLO, 0, {"versions": [1], "bc": True, "rec": rec, "rsig": rsig, "repos": 1,
                               "digest": bytes(16), "n": 100000})
-    _SIZES = {"push": push, "heartbeat": hb, "sync_req_base": sreq0,
+    _SIZES = {"push": push, "heartbeat": hb, "ping": ping, "ask": ask, "ask_resp": ask_resp,
+              "sync_req_base": sreq0,
               "sync_req_per_bucket": (sreq256 - sreq0) / 256, "resp_base": resp0,
               "resp_per_record": resp1 - resp0, "hello": hello, "record": len(rec) + 64,
               # a memberlist/Serf user event or GossipSub message carries the
@@ -187,10 +213,15 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
     net_rng = random.Random(f"{seed}/lite-net")
     n = len(adj)
     sizes = frame_sizes()
-    bucket_records = max(1, math.ceil(n / constants.DIGEST_BUCKETS))
-    nonempty_buckets = min(constants.DIGEST_BUCKETS, n)
+    # expected records in the watched record's bucket, and non-empty buckets
+    # (the sync request carries one hash per non-empty bucket)
+    nb = constants.DIGEST_BUCKETS
+    bucket_records = 1 + (n - 1) / nb
+    nonempty_buckets = nb * (1 - (1 - 1 / nb) ** n)
     sreq_size = int(sizes["sync_req_base"] + sizes["sync_req_per_bucket"] * nonempty_buckets)
     resp_frames = max(1, math.ceil(bucket_records / constants.MAX_RECORDS_PER_RESPONSE))
+    ping_size = sizes["ping"] if variant.recent else sizes["heartbeat"]
+    ping_flag = 2 if variant.recent else 0
 
     has = bytearray(n)
     got_time = [None] * n
@@ -199,12 +230,13 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
     known = {}  # v -> set of neighbours known to hold the record
     ping_pending = {}  # v -> set of neighbours with a digest ping pending
     sync_out = {}  # (v, w) -> time of v's outstanding sync on link v-w
+    hb_next = {}  # (v, w) -> when v's regular heartbeat on v-w is due, once a ping moved it
     busy = [0.0] * n if cpu.enabled else None
     bytes_out = [0] * n
     frames_in = [0] * n
     dups = 0
-    sent_by_kind = [0] * 13
-    bytes_by_kind = [0] * 13
+    sent_by_kind = [0] * len(KIND_NAMES)
+    bytes_by_kind = [0] * len(KIND_NAMES)
     heap = []
     seq = 0
     fixed = latency.fifo_free
@@ -309,10 +341,10 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
         if t > end:
             break
         events += 1
-        if busy is not None and kind not in (PINGS, HBT, ML_TICK, GS_TICK) and busy[v] > t:
+        if busy is not None and kind not in TIMERS and busy[v] > t:
             push_event(busy[v], kind, v, src, arg)
             continue
-        if kind <= SRESP or kind >= ML_MSG and kind not in (ML_TICK, GS_TICK):
+        if kind in FRAME_KINDS:
             frames_in[v] += 1
         if kind == PUSH:
             kv = known.get(v)
@@ -333,16 +365,46 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
                 schedule_pings(v, src, t)
         elif kind == PINGS:
             pend = ping_pending.get(v)
+            nxt = t + variant.hb_interval
             for w in arg:
-                pend.discard(w)
-                out.append((HB, w, v, has[v], sizes["heartbeat"]))
+                if w in pend:  # not replaced by a regular heartbeat meanwhile
+                    pend.discard(w)
+                    hb_next[(v, w)] = nxt  # core: last_heartbeat_sent = now
+                    out.append((HB, w, v, has[v] | ping_flag, ping_size))
         elif kind == HBT:
+            due = hb_next.get((v, src))
+            if due is not None and due > t + 1e-9:
+                # a digest ping restarted this link's heartbeat interval
+                if due - t0 <= horizon:
+                    push_event(due, HBT, v, src, 0)
+                continue
+            pend = ping_pending.get(v)
+            if pend:
+                pend.discard(src)  # the regular heartbeat goes instead (no recent)
             out.append((HB, src, v, has[v], sizes["heartbeat"]))
+            hb_next[(v, src)] = t + variant.hb_interval
             if t + variant.hb_interval - t0 <= horizon:
                 push_event(t + variant.hb_interval, HBT, v, src, 0)
         elif kind == HB:
-            if arg != has[v]:
-                start_sync(v, src, t)
+            if (arg & 1) != has[v]:
+                if not arg & 2:
+                    start_sync(v, src, t)
+                elif not has[v]:
+                    # the ping names the record and we lack it: ask for exactly it
+                    out.append((AREQ, src, v, 0, sizes["ask"]))
+                # (a named record we hold: the rest is left to the regular heartbeat)
+        elif kind == AREQ:
+            carries = has[v]
+            if carries:
+                known.setdefault(v, set()).add(src)
+            out.append((ARESP, src, v, carries, sizes["ask_resp"]))
+        elif kind == ARESP:
+            sync_out.pop((v, src), None)  # core: the answer's id is in sync_ids
+            if arg:
+                known.setdefault(v, set()).add(src)
+                if not has[v]:
+                    deliver_to(v, t, "sync", None)
+                    schedule_pings(v, src, t)
         elif kind == SREQ:
             differing = arg != has[v]
             carries = 0
@@ -414,13 +476,13 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
         if out:
             depart = t
             if busy is not None:
-                if kind in (PINGS, HBT, ML_TICK, GS_TICK):
+                if kind in TIMERS:
                     depart = max(t, busy[v]) + send_s * len(out)
                 else:
                     depart = t + recv_s + send_s * len(out)
                 busy[v] = depart
             flush(depart)
-        elif busy is not None and kind not in (PINGS, HBT, ML_TICK, GS_TICK):
+        elif busy is not None and kind not in TIMERS:
             busy[v] = t + recv_s
         if stop_when_covered and covered == n:
             # let the tail (duplicates already in flight) drain for ``linger``

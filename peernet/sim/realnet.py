@@ -88,6 +88,24 @@ def frame_type(frame):
         return 0
 
 
+def frame_kind(frame):
+    """A frame's type name, split where the rules differ: HEARTBEAT with or
+    without ``recent`` (a digest ping naming its changes), PEER_REQUEST
+    ``sync`` / ``peer`` / ``repo``, PEER_LIST_RESPONSE link-local (ttl 0) or not."""
+    env = msgpack.unpackb(frame, raw=False)
+    mtype = MessageType(env["type"])
+    name = mtype.name
+    if mtype in (MessageType.HEARTBEAT, MessageType.PEER_REQUEST):
+        body = msgpack.unpackb(env["body"], raw=False, strict_map_key=False)
+        if mtype is MessageType.HEARTBEAT:
+            name += " recent" if "recent" in body else ""
+        else:
+            name += " " + next(k for k in ("sync", "peer", "repo") if k in body)
+    elif mtype is MessageType.PEER_LIST_RESPONSE:
+        name += " ttl0" if env["ttl"] == 0 else ""
+    return name
+
+
 def frame_ttl(frame):
     try:
         return msgpack.unpackb(frame, raw=False)["ttl"]
@@ -120,7 +138,7 @@ class SimNetwork:
     ``close()``) so the seeded message-id source is removed afterwards."""
 
     def __init__(self, seed=0, latency=None, loss=0.0, cpu=FREE_CPU, start=START,
-                 trace=True):
+                 trace=True, count_types=False):
         self.seed = seed
         self.clock = HeapClock(start)
         self.latency = latency if latency is not None else Fixed(0.05)
@@ -134,7 +152,10 @@ class SimNetwork:
         self.nodes = []
         self.frames_sent = self.frames_lost = self.frames_delivered = 0
         self.bytes_sent = 0
+        #: with ``count_types``: frames and bytes sent per kind (frame_kind())
+        self.count_types = count_types
         self.sent_by_type = collections.Counter()
+        self.bytes_by_type = collections.Counter()
         self._next_link = 0
         self._link_free = {}  # (from, to link) -> last scheduled delivery (FIFO)
         self._free_cores = cpu.cores  # None: every peer has its own CPU
@@ -191,6 +212,17 @@ class SimNetwork:
         for nd in self.nodes:
             self._schedule(nd)
         return self
+
+    def stagger_heartbeats(self):
+        """Give every link a random phase of its HEARTBEAT_INTERVAL timer, as
+        in a network whose links opened at different times (``build`` opens
+        them all at once, so without this no regular heartbeat falls within
+        the first 30 s)."""
+        now = self.now()
+        for nd in self.nodes:
+            for link in nd.core.links.values():
+                link.last_heartbeat_sent = now - self.rng.random() * constants.HEARTBEAT_INTERVAL
+            self._schedule(nd)
 
     def random_graph(self, degree_out):
         targets = [nd.index for nd in self.nodes if nd.broadcasting]
@@ -265,6 +297,17 @@ class SimNetwork:
         self._schedule(node)
         return made
 
+    def refresh(self, node):
+        """What ``GossipCore.tick`` does when a broadcasting peer's record is
+        RECORD_REFRESH_INTERVAL old: the same version with a new ``issued_at``,
+        pushed as a PEER_ANNOUNCEMENT.  Lets an experiment spread refreshes
+        over time instead of waiting 30 min of simulated time."""
+        core = node.core
+        if not (node.alive and core.broadcasting and core.own is not None):
+            return
+        self.process(node, core._publish(MessageType.PEER_ANNOUNCEMENT,
+                                         core._issue_record(True, bump=False)))
+
     # -- publishing and watching ------------------------------------------------------
 
     def publish_update(self, node, repos):
@@ -320,6 +363,10 @@ class SimNetwork:
             return
         other_index, other_link = node.links[action.link]
         size = len(action.frame) + FRAME_OVERHEAD_BYTES
+        if self.count_types:
+            kind = frame_kind(action.frame)
+            self.sent_by_type[kind] += 1
+            self.bytes_by_type[kind] += size
         self.frames_sent += 1
         self.bytes_sent += size
         node.frames_out += 1

@@ -21,6 +21,13 @@ def test_demo_runs_a_network_and_the_silent_peer_finds_the_repo(tmp_path):
         assert "Traceback" not in text
         assert "every peer holds it" in text
         assert "verified" in text and "films" in text
+        assert "downloads 'films' over BitTorrent: done" in text
+        # The checksums printed are those of the files the peer shares.
+        import hashlib
+
+        for rel in ("README.txt", "clips/intro.bin", "clips/outro.bin"):
+            data = (state / "shared" / "films" / rel).read_bytes()
+            assert hashlib.sha256(data).hexdigest() in text
         assert "never the silent peer" in text and "bootstrap now lists 0 peers" in text
         assert "databases: none" in text
     assert oct((state / "peer1" / "identity" / "node.key").stat().st_mode & 0o777) == "0o600"

@@ -129,7 +129,8 @@ class ControlAPI(JSONAPI):
         if body is None:
             shared = []
             if self.repos is not None:
-                shared = [dict(m.summary(), path=m.root) for m, _ in self.repos.shares.values()]
+                shared = [dict(m.summary(), path=m.root, magnet=self.repos.magnet(m))
+                          for m, _ in self.repos.shares.values()]
             known = self.repos.known_repos() if self.repos is not None else []
             return 200, {"shared": shared, "known": known}
         query = _json_object(body)

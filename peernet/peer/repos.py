@@ -220,6 +220,14 @@ class RepoService(Service):
         await self._save_shares()
         return manifest.summary()
 
+    def magnet(self, manifest):
+        """A magnet link for a shared repo, naming this peer's BitTorrent
+        address(es) as seeders (``x.pe``), or None when silent."""
+        seeders = [parse_torrent_address(a) for a in self.gossip.core.own.record["addresses"]] \
+            if self.gossip.core.broadcasting and self.gossip.core.own else []
+        seeders = [s for s in seeders if s]
+        return self.engine.magnet(manifest, seeders) if seeders else None
+
     def _publish(self):
         """Put the current repo summaries in our record (a PEER_UPDATE when broadcasting)."""
         self.gossip.set_repos([m.summary() for m, _ in self.shares.values()])

@@ -130,6 +130,8 @@ def exp_ttl(args):
 def exp_compare(args):
     variants = {
         "peernet (push 3 + digest pings + 30 s anti-entropy)": lite.Variant.peernet(),
+        "peernet before pings named changes (every digest mismatch: bucket sync)":
+            lite.Variant.peernet(recent=False),
         "push fan-out 3 alone": lite.Variant.push_only(),
         "push fan-out 3 + 30 s anti-entropy (no digest pings)": lite.Variant.push_only(heartbeats=True),
         "memberlist/Serf-style (fan-out 3, 200 ms, no pull)": lite.Variant.memberlist(),
@@ -146,12 +148,13 @@ def exp_compare(args):
             rs = E.lite_rounds(adj, orig, variant=var, latency=Fixed(0.05), cpu=wan_cpu(),
                                seed=0, horizon=horizon, linger=1.0)
             cov = [r["coverage"] for r in rs]
-            row = {"n": n, "variant": name, "kind": var.kind, "runs": len(rs),
+            row = {"n": n, "variant": name, "kind": var.kind, "recent": var.recent, "runs": len(rs),
                    "coverage_min": min(cov), "coverage_median": E.pct(cov, 50),
                    "t100": E.summary([r["t100"] for r in rs]),
                    "t_last": E.summary([r["result"].t_last for r in rs]),
                    "dup_per_delivery": E.summary([r["dup_per_delivery"] for r in rs]),
                    "bytes_per_peer": E.summary([r["bytes_per_peer"] for r in rs]),
+                   "bytes_by_kind": rs[0]["bytes_by_kind"],
                    "curve": rs[0]["result"].coverage_curve(CURVE_T)}
             out["runs"].append(row)
             print(n, var.kind, var.heartbeats, row["coverage_min"], row["t100"].get("median"))
@@ -202,6 +205,85 @@ def _bandwidth_run(n, silent, duration, churn_per_hour, seed=3):
                 "links_per_peer": 2 * links / len(live), "penalties": sum(len(nd.penalties) for nd in net.nodes)}
 
 
+def _refresh_run(n, silent, duration, rate, seed=5, warmup=2.0):
+    """Real cores, 50 ms links, random heartbeat phases: every peer's record
+    refreshes (same version, new issued_at, as GossipCore.tick does every
+    RECORD_REFRESH_INTERVAL) at Poisson times, ``rate`` refreshes per second
+    network-wide.  Each peer then sees ``rate`` table changes per second:
+    rate = N / 1800 is the real rate at N peers.  Counts bytes by frame kind
+    and, per bucket sync answered, the differing buckets (to scale the sync
+    answers to larger N, where a bucket holds N/256 records)."""
+    from peernet.gossip.core import GossipCore
+    from peernet.gossip.table import PeerTable
+    stats = {"answers": 0, "buckets": 0, "askback": 0, "started": 0}
+    orig = PeerTable.differing_buckets
+    orig_start, orig_answer = GossipCore._start_sync, GossipCore._answer_sync
+    answering = []
+
+    def counting(self, theirs):
+        out = orig(self, theirs)
+        stats["answers"] += 1
+        stats["buckets"] += len(out)
+        return out
+
+    def start(self, link):  # measurement only: which rule started each bucket sync
+        actions = orig_start(self, link)
+        if actions:
+            stats["started"] += 1
+            stats["askback"] += bool(answering)
+        return actions
+
+    def answer(self, link, msg):
+        answering.append(1)
+        try:
+            return orig_answer(self, link, msg)
+        finally:
+            answering.pop()
+    PeerTable.differing_buckets = counting
+    GossipCore._start_sync, GossipCore._answer_sync = start, answer
+    try:
+        with SimNetwork(seed=seed, latency=Fixed(0.05), count_types=True) as net:
+            net.build(n, silent=silent)
+            net.run(net.now() + warmup)
+            net.stagger_heartbeats()
+            net.run(net.now() + 0.5)
+            rng = random.Random(f"{seed}/refresh")
+            bc = [nd for nd in net.nodes if nd.broadcasting]
+            t = t0 = net.now()
+            b0, types0 = net.bytes_sent, net.bytes_by_type.copy()
+            frames0 = net.sent_by_type.copy()
+            stats.update(answers=0, buckets=0, askback=0, started=0)
+            refreshes = 0
+            while True:
+                t += rng.expovariate(rate)
+                if t >= t0 + duration:
+                    break
+                net.run(t)
+                net.refresh(rng.choice(bc))
+                refreshes += 1
+            net.run(t0 + duration)
+            live = [nd for nd in net.nodes if nd.alive]
+            links = sum(len(nd.links) for nd in live) / 2
+            total = net.bytes_sent - b0
+            per_s = lambda c: {k: v / len(live) / duration for k, v in c.items() if v}  # noqa: E731
+            covered = all(nd.core.table.digest() == live[0].core.table.digest() for nd in live)
+            return {"n": n, "silent": silent, "duration_s": duration, "refresh_rate_per_s": rate,
+                    "refreshes": refreshes, "bytes_per_peer_per_s": total / len(live) / duration,
+                    "bytes_per_link_per_s": total / links / duration,
+                    "links_per_peer": 2 * links / len(live),
+                    "bytes_by_kind_per_peer_per_s": per_s(net.bytes_by_type - types0),
+                    "frames_by_kind_per_peer_per_s": per_s(net.sent_by_type - frames0),
+                    "sync_answers_per_peer_per_s": stats["answers"] / len(live) / duration,
+                    "differing_buckets_per_answer": stats["buckets"] / max(1, stats["answers"]),
+                    "syncs_started_per_peer_per_s": stats["started"] / len(live) / duration,
+                    "syncs_started_by_ask_back": stats["askback"] / max(1, stats["started"]),
+                    "tables_equal_at_end": covered,
+                    "penalties": sum(len(nd.penalties) for nd in net.nodes)}
+    finally:
+        PeerTable.differing_buckets = orig
+        GossipCore._start_sync, GossipCore._answer_sync = orig_start, orig_answer
+
+
 def exp_bandwidth(args):
     n, silent, dur = 500, 50, 120.0
     idle = _bandwidth_run(n, silent, dur, 0.0)
@@ -210,7 +292,18 @@ def exp_bandwidth(args):
     print("churn 100%/h", churn)
     churn3 = _bandwidth_run(n, silent, dur, 3.0)
     print("churn 300%/h", churn3)
-    write("bandwidth", {"real": [idle, churn, churn3], "sizes": lite.frame_sizes()})
+    refresh = []
+    # the real refresh rate at 500 peers; then 200 peers at the rate of
+    # changes each peer sees at 10 000 and 100 000 peers (N / 1800 per second)
+    for rn, rate, rdur in ((500, 500 / 1800.0, 120.0), (200, 10000 / 1800.0, 20.0),
+                           (200, 100000 / 1800.0, 6.0)):
+        w = time.perf_counter()
+        r = _refresh_run(rn, 0 if rn < 500 else silent, rdur, rate)
+        r["wall_s"] = time.perf_counter() - w
+        refresh.append(r)
+        print("refresh", rn, round(rate, 2), round(r["bytes_per_peer_per_s"]),
+              r["sync_answers_per_peer_per_s"], r["differing_buckets_per_answer"], round(r["wall_s"]))
+    write("bandwidth", {"real": [idle, churn, churn3], "refresh": refresh, "sizes": lite.frame_sizes()})
 
 
 EXPERIMENTS = {"calibration": exp_calibration, "validation": exp_validation, "scale": exp_scale,

@@ -44,6 +44,9 @@ from peernet.gossip.table import PeerTable, entry_from_wire
 from peernet.identity import verify
 from peernet.records import b64decode, b64encode, canonical_json, make_record
 
+#: A sync request is asked back only if we started none on that link this recently.
+ASK_BACK_AFTER = 5.0
+
 # -- actions ------------------------------------------------------------------------
 
 
@@ -97,6 +100,8 @@ class LinkState:
     remote_broadcasting: bool = False
     remote_digest: bytes = b""
     sync_outstanding_since: "float | None" = None
+    #: when we last started a sync on this link (answers do not reset it)
+    last_sync_started: float = float("-inf")
     #: ids of our recent sync requests on this link (answers may span frames)
     sync_ids: OrderedDict = field(default_factory=OrderedDict)
     ping_due: "float | None" = None
@@ -507,6 +512,7 @@ class GossipCore:
             "sync": self.table.bucket_hashes()})
         # Answers name the request by its message id (hash of the body).
         link.sync_outstanding_since = now
+        link.last_sync_started = now
         link.sync_ids[codec.message_id(body)] = None
         if len(link.sync_ids) > 8:
             link.sync_ids.popitem(last=False)
@@ -517,8 +523,11 @@ class GossipCore:
         differing = self.table.differing_buckets(msg.body["sync"])
         entries = [e for e in self.table.in_buckets(differing) if e.hash not in link.known]
         actions = self._respond(link, msg.id, entries, 0, allow_empty=True)
-        if differing and link.sync_outstanding_since is None:
-            # They may hold something we lack in those buckets: ask back.
+        if differing and self.now() - link.last_sync_started >= ASK_BACK_AFTER:
+            # They may hold something we lack in those buckets: ask back, but
+            # not when this request answers our own recent sync (that would
+            # make two peers sync each other on every round trip while
+            # changes are in flight).
             actions += self._start_sync(link)
         return actions
 

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 PEERNET_EXTRAS="[test]"
 PEERNET_APT="wrk opentracker"   # the bootstrap benchmark's load generator and reference
+PEERNET_NPM="tests/webtorrent"  # a stock WebTorrent client for the interop test
 . scripts/install.sh
 
 echo "== running the tests"

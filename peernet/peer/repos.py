@@ -322,8 +322,16 @@ class RepoService(Service):
             metadata = await job.download.metadata
             job.state = "verifying"
             self._notify(job)
-            files = await deferToThread(hash_files, root, [p for p, _ in metadata["files"]])
+            paths = [p for p, _ in metadata["files"]]
+            # Make sure every block libtorrent holds is on disk before hashing
+            # (a correct download must never be called bad, nor its seeders).
+            await self.engine.save_all_resume_data(flush=True, timeout=30)
+            files = await deferToThread(hash_files, root, paths)
             expected = job.summary.get("manifest")
+            if expected and manifest_digest(files) != expected:
+                # One more look after a second flush before blaming anyone.
+                await self.engine.save_all_resume_data(flush=True, timeout=30)
+                files = await deferToThread(hash_files, root, paths)
             if expected and manifest_digest(files) != expected:
                 for peer_id in set(job.seeders.values()):
                     self.gossip.planner.record_bad_data(peer_id)

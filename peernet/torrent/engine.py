@@ -997,8 +997,12 @@ class TorrentEngine(Service):
             return existing.download
         torrent = existing or _Torrent("download", params.save_path)
         if existing is not None and existing.save_path != params.save_path:
-            raise PeernetError(f"repo {existing.name} is already being downloaded to "
-                               f"{existing.save_path}", code="conflict")
+            finished = existing.download is not None and existing.download.finished
+            where = "is already downloaded in" if finished or existing.kind == "seed" \
+                else "is already being downloaded to"
+            raise PeernetError(f"repo {existing.name} {where} {existing.save_path}; "
+                               "use that copy (one repo lives in one place per peer)",
+                               code="conflict")
         dl = Download(self, torrent, peers, stalled_after)
         torrent.download = dl
         if params.ti is not None:

@@ -1016,6 +1016,11 @@ class TorrentEngine(Service):
         await self.ready
         if existing is None:
             await deferToThread(os.makedirs, params.save_path, exist_ok=True)
+            # Seeders handed over with the torrent are dialled at once;
+            # connect_peer() after the add waits for libtorrent's next tick
+            # (up to 500 ms before the first byte).
+            given = [tuple(p) for p in params.peers]  # e.g. x.pe of a magnet link
+            params.peers = given + [p for p in sorted(torrent.peer_addresses) if p not in given]
             await self._add(params, torrent)
         else:
             await existing.added.wait()

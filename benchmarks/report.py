@@ -637,7 +637,7 @@ def main(argv=None):
     loadtxt = (f"{loadrun[-1]['sync_answers_per_peer_per_s']:.0f} bucket syncs answered per peer per "
                f"second at {round(loadrun[-1]['refresh_rate_per_s'] * RECORD_REFRESH_INTERVAL):,} "
                "peers' refresh rate") if loadrun else "the refresh-load runs"
-    w("1. **Stop the sync ask-back loop.** `_answer_sync` asks back whenever buckets differ and no "
+    w("1. **Stop the sync ask-back loop** (done in the core after these runs: a sync request is asked back only if we started no sync on that link in the last 5 s; the lite model and these figures predate it). `_answer_sync` asks back whenever buckets differ and no "
       "sync of ours is outstanding on the link, and an answer that arrives clears that mark, so "
       "while changes are in flight two peers keep syncing each other every round trip (see "
       f"Bandwidth: {loadtxt}). "
@@ -655,6 +655,13 @@ def main(argv=None):
     w("4. **Join with one sync at a time.** A newcomer's HELLO digest differs on all its links and "
       "it syncs the full table from each at once; sync with one link first and only compare "
       "digests on the others afterwards.")
+    # The real-process cost figures come from benchmarks/costs.py (docs/costs.md).
+    costs = os.path.join(ROOT, "docs", "costs.md")
+    if os.path.exists(costs):
+        with open(costs) as f:
+            text = f.read().strip()
+        w("")
+        w(text if text.startswith("## ") else "## Real-process costs\n\n" + text)
     with open(DOC, "w") as f:
         f.write("\n".join(L) + "\n")
     print(f"wrote {DOC}")

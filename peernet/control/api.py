@@ -2,11 +2,15 @@
 
 A first set of endpoints for scripts and tests; the `peernet` command line and
 the dashboard build on it.  Every call needs ``Authorization: Bearer TOKEN``,
-where TOKEN is in ``<state-dir>/control.token`` (mode 0600).  Nothing served
+where TOKEN is in ``<state-dir>/control.token`` (mode 0600), or the
+dashboard's session cookie (set by ``/login``, see peernet.web); a POST
+authenticated by that cookie must also carry ``X-Peernet: 1`` (a cross-site
+form cannot send a custom header: CSRF protection).  Nothing served
 here ever names an inbound link's address or a silent peer: the peer list
 holds only self-signed broadcasting records, and links are opaque ids.
 """
 
+import hashlib
 import hmac
 import json
 import os
@@ -18,11 +22,20 @@ from peernet.schemas import validator as schema_validator
 
 TOKEN_FILE = "control.token"
 URL_FILE = "control.url"
+#: The dashboard's session cookie (HttpOnly, SameSite=Strict; see peernet.web).
+SESSION_COOKIE = b"peernet_session"
+#: The header a cookie-authenticated POST must carry (CSRF protection).
+CSRF_HEADER = "X-Peernet"
 
 
 class BadToken(PeernetError):
     code = "bad_token"
     http_status = 401
+
+
+class CSRFRefused(PeernetError):
+    code = "csrf"
+    http_status = 403
 
 
 def load_or_create_token(state_dir):
@@ -66,11 +79,33 @@ class ControlAPI(JSONAPI):
         self.announcer = announcer
         self.repos = repos
 
+    def check_token(self, given):
+        """True if ``given`` (str or bytes) is the control token (constant time)."""
+        if isinstance(given, str):
+            given = given.strip().encode("utf-8", "replace")
+        return hmac.compare_digest(given, self.token)
+
+    def session_value(self):
+        """The dashboard cookie's value: derived from the token, so the cookie
+        never holds the token itself; it stays valid as long as the token."""
+        return hmac.new(self.token, b"peernet dashboard session v1",
+                        hashlib.sha256).hexdigest().encode()
+
+    def has_session(self, request):
+        given = request.getCookie(SESSION_COOKIE) or b""
+        return hmac.compare_digest(given, self.session_value())
+
     def authorize(self, request):
         header = request.getHeader("Authorization") or ""
         given = header[7:].strip().encode() if header.startswith("Bearer ") else b""
-        if not hmac.compare_digest(given, self.token):
-            raise BadToken("missing or wrong token (see control.token in the state directory)")
+        if hmac.compare_digest(given, self.token):
+            return
+        if not header and self.has_session(request):
+            if request.method != b"GET" and request.getHeader(CSRF_HEADER) != "1":
+                raise CSRFRefused(f"a request authenticated by the dashboard cookie must "
+                                  f"carry the header {CSRF_HEADER}: 1")
+            return
+        raise BadToken("missing or wrong token (see control.token in the state directory)")
 
     def handle_status(self, request):
         core = self.gossip.core
@@ -81,6 +116,10 @@ class ControlAPI(JSONAPI):
             "addresses": core.own.record["addresses"] if core.broadcasting and core.own else [],
             "links": {"outbound": sum(1 for l in links if l["outbound"] and l["open"]),
                       "inbound": sum(1 for l in links if not l["outbound"] and l["open"])},
+            # The broadcasting peers this node dialed (the dashboard's map);
+            # inbound links stay anonymous.
+            "outbound_peers": sorted({l["peer_id"] for l in links
+                                      if l["outbound"] and l["open"] and l["peer_id"]}),
             "table": {"records": len(core.table),
                       "broadcasting": len(core.table.live_broadcasting()),
                       "digest": core.table.digest().hex()},

@@ -207,7 +207,10 @@ def makeService(config, reactor=None):
     if config["control"] != "none":
         token = load_or_create_token(state_dir)
         api = ControlAPI(reactor, gossip, token, announcer=announcer, repos=repos)
-        control = ListeningService(reactor, COMMAND, config["control"], make_site(api))
+        from peernet.web import dashboard_root  # the dashboard, with the API under /api/
+
+        control = ListeningService(reactor, COMMAND, config["control"],
+                                   make_site(dashboard_root(api)))
         control.setServiceParent(top)
         control.on_listening = lambda port: _write_control_url(state_dir, port)
     return top

@@ -21,8 +21,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 PROG = "peernet"
 DEFAULT_STATE_DIR = "peernet-state"
@@ -258,7 +259,12 @@ def peer_matches(peer, text):
 
 
 def cmd_peers(client, args, out, err):
-    peers = client.call("GET", "peers").get("peers", [])
+    # The peer sorts and filters (GET /api/peers?sort=...&filter=...); the same
+    # again here costs nothing and keeps the order with a peer that predates them.
+    query = {"sort": args.sort}
+    if args.filter:
+        query["filter"] = args.filter
+    peers = client.call("GET", "peers?" + urlencode(query)).get("peers", [])
     if args.filter:
         peers = [p for p in peers if peer_matches(p, args.filter)]
     peers.sort(key=PEER_SORTS[args.sort])
@@ -440,21 +446,128 @@ def _follow(client, job, args, err):
             job = _job(client, job["id"])
 
 
+class EventStream:
+    """The peer's server-sent events (GET /api/events), read in a thread:
+    ``on_event(kind, data)`` for each event (called in that thread)."""
+
+    def __init__(self, client, on_event):
+        self.client = client
+        self.on_event = on_event
+        self.conn = None
+        self.thread = None
+
+    def open(self):
+        """True if the stream is open and being read; False if it cannot be."""
+        conn = http.client.HTTPConnection(self.client.host, self.client.port,
+                                          timeout=CALL_TIMEOUT)
+        try:
+            conn.request("GET", "/api/events", headers={
+                "Authorization": f"Bearer {self.client.token}", "Accept": "text/event-stream"})
+            resp = conn.getresponse()
+            ctype = resp.getheader("Content-Type") or ""
+            if resp.status != 200 or not ctype.startswith("text/event-stream"):
+                conn.close()
+                return False
+            if conn.sock is not None:
+                conn.sock.settimeout(None)  # events come when they come
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            return False
+        self.conn = conn
+        self.thread = threading.Thread(target=self._read, args=(resp,), daemon=True,
+                                       name="peernet-events")
+        self.thread.start()
+        return True
+
+    def _read(self, resp):
+        kind, data = None, []
+        try:
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                line = line.decode("utf-8", "replace").rstrip("\r\n")
+                if not line:
+                    if data:
+                        try:
+                            value = json.loads("\n".join(data))
+                        except ValueError:
+                            value = None
+                        if value is not None:
+                            self.on_event(kind or "message", value)
+                    kind, data = None, []
+                elif line.startswith(":"):
+                    continue
+                elif line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:][1:] if line[5:].startswith(" ") else line[5:])
+        except Exception:  # closed under us, or the peer went away: the bar just stops
+            return
+
+    def close(self):
+        if self.conn is None:
+            return
+        sock = self.conn.sock
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self.thread is not None:
+            self.thread.join(2)
+        self.conn.close()
+
+
+def _share_with_progress(client, args, path, err):
+    """POST share while a bar shows the files hashed, driven by the peer's
+    ``share`` events; a spinner when the event stream cannot be opened."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                               TextColumn, TimeElapsedColumn)
+
+    body = {"name": args.name, "path": path}
+    disabled = args.json or not err.is_terminal
+    hashing = f"Hashing {path}"
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("files"), TimeElapsedColumn(),
+                        console=err, disable=disabled, transient=True)
+    task = progress.add_task(hashing, total=None)
+
+    def on_event(kind, event):
+        if kind != "share" or not isinstance(event, dict) or event.get("name") != args.name:
+            return
+        done, total = event.get("files_done"), event.get("files_total")
+        state = event.get("state")
+        description = {"hashing": hashing, "seeding": f"Seeding {args.name}",
+                       "shared": f"Shared {args.name}",
+                       "failed": f"Failed to share {args.name}"}.get(state, hashing)
+        progress.update(task, description=description,
+                        total=total if isinstance(total, int) else None,
+                        completed=done if isinstance(done, int) else 0)
+
+    stream = None if disabled else EventStream(client, on_event)
+    if stream is None or not stream.open():
+        if not disabled:
+            progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                TimeElapsedColumn(), console=err, transient=True)
+            progress.add_task(f"{hashing} (SHA-256 of every file, then the torrent) ...",
+                              total=None)
+        stream = None
+    try:
+        with progress:
+            return client.call("POST", "share", body, timeout=SHARE_TIMEOUT)["shared"]
+    finally:
+        if stream is not None:
+            stream.close()
+
+
 def cmd_share(client, args, out, err):
     path = os.path.abspath(args.path)  # the peer's cwd is not ours
     if not os.path.exists(path):
         raise CommandError(f"{path} does not exist", EXIT_NOT_FOUND, "repo_missing")
     if not os.path.isdir(path):
         raise CommandError(f"{path} is not a directory; share a directory", EXIT_FAILED)
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                        console=err, disable=args.json or not err.is_terminal, transient=True)
-    with progress:
-        progress.add_task(f"Hashing {path} (SHA-256 of every file, then the torrent) ...",
-                          total=None)
-        summary = client.call("POST", "share", {"name": args.name, "path": path},
-                              timeout=SHARE_TIMEOUT)["shared"]
+    summary = _share_with_progress(client, args, path, err)
     shared = {}
     try:
         for repo in client.call("GET", "repos").get("shared", []):

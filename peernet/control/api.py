@@ -17,7 +17,7 @@ import os
 import secrets
 
 from peernet.errors import BadRequest, PeernetError
-from peernet.jsonapi import STREAMING, JSONAPI
+from peernet.jsonapi import STREAMING, JSONAPI, query_arguments
 from peernet.schemas import validator as schema_validator
 
 TOKEN_FILE = "control.token"
@@ -53,6 +53,24 @@ def load_or_create_token(state_dir):
         f.write(token + "\n")
     os.chmod(path, 0o600)
     return token
+
+
+#: GET /api/peers?sort=...: the orders the peer table can be sorted in.
+PEER_SORTS = {
+    "score": lambda p: (-(p.get("score") or 0), p.get("peer_id", "")),
+    # last-seen: the newest record first (issued_at, ms).
+    "last-seen": lambda p: (-(p.get("issued_at") or 0), p.get("peer_id", "")),
+    "repos": lambda p: (-len(p.get("repos") or ()), -(p.get("score") or 0), p.get("peer_id", "")),
+}
+
+
+def peer_matches(peer, text):
+    """GET /api/peers?filter=TEXT: TEXT is in the peer id, an address or a
+    repo name (case-insensitive)."""
+    text = text.lower()
+    haystack = [peer.get("peer_id", "")] + list(peer.get("addresses") or ()) + \
+        [r.get("name", "") for r in peer.get("repos") or ()]
+    return any(text in str(h).lower() for h in haystack)
 
 
 class ControlAPI(JSONAPI):
@@ -143,7 +161,15 @@ class ControlAPI(JSONAPI):
                 "repos": entry.record.get("repos", []),
                 "score": round(self.gossip.planner.score(entry.peer_id), 3),
             })
-        peers.sort(key=lambda p: (-p["score"], p["peer_id"]))
+        args = query_arguments(request)
+        sort = (args.get("sort") or ["score"])[-1]
+        if sort not in PEER_SORTS:
+            raise BadRequest(f"sort must be one of {', '.join(sorted(PEER_SORTS))}",
+                             code="bad_sort")
+        text = (args.get("filter") or [""])[-1]
+        if text:
+            peers = [p for p in peers if peer_matches(p, text)]
+        peers.sort(key=PEER_SORTS[sort])
         return 200, {"peers": peers}
 
     async def handle_search(self, request, body):
@@ -228,7 +254,11 @@ class ControlAPI(JSONAPI):
 
     def handle_events(self, request):
         """Server-sent events: one ``table`` event per table change, as JSON
-        ``{"kind", "peer_id", "version", "t"}`` (t: this node's clock)."""
+        ``{"kind", "peer_id", "version", "t"}`` (t: this node's clock); one
+        ``download`` event per download progress or state change (a job, as
+        GET /api/downloads); one ``share`` event per share progress step:
+        ``{"name", "files_done", "files_total", "state"}`` with state
+        hashing, seeding, shared or failed (see RepoService.share_listeners)."""
         request.setHeader("Content-Type", "text/event-stream")
         request.setHeader("Cache-Control", "no-store")
         request.write(b": peernet events\n\n")
@@ -243,14 +273,21 @@ class ControlAPI(JSONAPI):
         def send_download(job):
             request.write(b"event: download\ndata: " + json.dumps(job.as_json()).encode() + b"\n\n")
 
+        def send_share(event):
+            request.write(b"event: share\ndata: " + json.dumps(event).encode() + b"\n\n")
+
         self.gossip.add_listener(send)
         if self.repos is not None:
             self.repos.listeners.append(send_download)
+            self.repos.share_listeners.append(send_share)
 
         def gone(_):
             self.gossip.remove_listener(send)
-            if self.repos is not None and send_download in self.repos.listeners:
-                self.repos.listeners.remove(send_download)
+            if self.repos is not None:
+                if send_download in self.repos.listeners:
+                    self.repos.listeners.remove(send_download)
+                if send_share in self.repos.share_listeners:
+                    self.repos.share_listeners.remove(send_share)
 
         request.notifyFinish().addBoth(gone)
         return STREAMING

@@ -16,6 +16,7 @@ import hashlib
 import itertools
 import json
 import os
+import time
 from urllib.parse import urlsplit
 
 from twisted.application.service import Service
@@ -25,7 +26,7 @@ from twisted.logger import Logger
 
 from peernet.errors import BadRequest, Conflict, NotFound, PeernetError
 from peernet.records import b64decode, b64encode
-from peernet.torrent.repo import RepoFile, RepoManifest, build_repo, manifest_digest
+from peernet.torrent.repo import RepoFile, RepoManifest, _walk, build_repo, manifest_digest
 
 log = Logger()
 SHARES_FILE = "shares.json"
@@ -72,8 +73,24 @@ def _save_cache(path, manifest):
     os.replace(tmp, path)
 
 
-def _load_or_build(cache_path, path, name):
-    """The cached manifest if the directory is unchanged; otherwise hash again."""
+#: At most this many hashing progress reports a second (the last file always reports).
+PROGRESS_INTERVAL = 0.1
+
+
+def _count_files(root):
+    """How many files build_repo will hash (a cheap directory walk; None if unreadable)."""
+    try:
+        return len(_walk(root)[0])
+    except Exception:
+        return None
+
+
+def _load_or_build(cache_path, path, name, on_progress=None):
+    """The cached manifest if the directory is unchanged; otherwise hash again.
+
+    ``on_progress(files_done, files_total)`` (called in this thread; total may
+    be None) reports the hashing, at most every PROGRESS_INTERVAL seconds.
+    """
     root = os.path.abspath(path)
     try:
         with open(cache_path) as f:
@@ -87,7 +104,23 @@ def _load_or_build(cache_path, path, name):
                 btih=data["btih"], btmh=data["btmh"]), False
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return build_repo(root, name), True
+    if on_progress is None:
+        return build_repo(root, name), True
+    total = _count_files(root) if os.path.isdir(root) else None
+    state = {"done": 0, "last": 0.0}
+    on_progress(0, total)
+
+    def hashed(rel):
+        state["done"] += 1
+        now = time.monotonic()
+        if state["done"] == total or now - state["last"] >= PROGRESS_INTERVAL:
+            state["last"] = now
+            on_progress(state["done"], total)
+
+    manifest = build_repo(root, name, on_file_hashed=hashed)
+    if state["done"] != total:  # the count was off (files came or went): the real one
+        on_progress(state["done"], manifest.file_count)
+    return manifest, True
 
 
 def hash_files(root, paths):
@@ -147,6 +180,10 @@ class RepoService(Service):
         self._pending = set()  # names being shared right now
         self.jobs = {}
         self.listeners = []  # callables(job) on download progress/state
+        #: callables(dict) on share progress: {"name", "files_done", "files_total"
+        #: (None if unknown), "state": "hashing"|"seeding"|"shared"|"failed"}
+        #: ("error" when failed, "summary" when shared)
+        self.share_listeners = []
         self.initial_shares = dict(initial_shares or {})
 
     # -- life cycle -------------------------------------------------------------
@@ -185,9 +222,20 @@ class RepoService(Service):
                            code="repo_exists")
         self._pending.add(name)
         seed = None
+        progress = {"name": name, "files_done": 0, "files_total": None, "state": "hashing"}
+
+        def report(**changes):
+            progress.update(changes)
+            self._notify_share(dict(progress))
+
+        def from_thread(done, total):
+            self.reactor.callFromThread(report, files_done=done, files_total=total)
+
         try:
             cache = os.path.join(self.cache_dir, hashlib.sha256(name.encode()).hexdigest() + ".json")
-            manifest, built = await deferToThread(_load_or_build, cache, path, name)
+            manifest, built = await deferToThread(_load_or_build, cache, path, name, from_thread)
+            report(state="seeding", files_done=manifest.file_count,
+                   files_total=manifest.file_count)
             seed = await self.engine.seed(manifest)
             if built:
                 await deferToThread(_save_cache, cache, manifest)
@@ -195,18 +243,27 @@ class RepoService(Service):
             self._publish()
             if persist:
                 await self._save_shares()
-        except BaseException:
+        except BaseException as e:
             self.shares.pop(name, None)
             if seed is not None:
                 await defer.maybeDeferred(seed.remove).addErrback(lambda _: None)
                 self._publish()
+            report(state="failed", error=str(e) or type(e).__name__)
             raise
         finally:
             self._pending.discard(name)
         log.info("sharing {name} ({files} files, {size} bytes){how}", name=name,
                  files=manifest.file_count, size=manifest.total_size,
                  how="" if built else ", unchanged since last run")
+        report(state="shared", summary=manifest.summary())
         return manifest.summary()
+
+    def _notify_share(self, event):
+        for listener in list(self.share_listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.failure("a share listener raised")
 
     def unshare(self, name):
         return defer.ensureDeferred(self._unshare(name))

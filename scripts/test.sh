@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PEERNET_EXTRAS="[test]"
-PEERNET_APT="wrk opentracker chromium chromium-driver"   # the bootstrap benchmark's load generator and reference; a headless browser for the dashboard test
+PEERNET_APT="wrk opentracker chromium chromium-driver graphviz"   # benchmark load generator and reference; headless browser (dashboard); dot (peernet graph --svg)
 PEERNET_NPM="tests/webtorrent"  # a stock WebTorrent client for the interop test
 . scripts/install.sh
 

@@ -104,8 +104,11 @@ def test_calibration_matches_the_real_30_peer_benchmark():
     real = E.load_real(os.path.join(RESULTS, "convergence.json"))
     assert abs(c["dup_per_delivery"] - real["dup_per_delivery"]) / real["dup_per_delivery"] < 0.10
     assert abs(c["frames_per_round"] - real["frames_per_round"]) / real["frames_per_round"] < 0.15
-    # time-to-100 % is CPU- and noise-bound there; the stated margin is 35 %
-    assert abs(c["t100"]["median"] - real["t100_median"]) / real["t100_median"] < 0.35
+    # Time-to-100 % is bimodal at 30 peers (a round either finishes with the push,
+    # ~0.03 s, or waits for a digest ping, ~0.1 s), so a median over a few rounds
+    # flips between modes from run to run; the p99, the benchmark's own target
+    # figure, is stable.  The stated margin is 35 %.
+    assert abs(c["t100"]["p99"] - real["t100_p99"]) / real["t100_p99"] < 0.35
 
 
 def test_churn_joins_leaves_and_crashes_keep_the_survivors_converged():

@@ -269,6 +269,7 @@ class Download:
         self.progress = None
         self.sources = {}
         self.bad_peers = {}
+        self.hashfail_peers = set()
         self.hash_failures = 0
         self.states = torrent.states
         self._last_payload = -1
@@ -333,7 +334,10 @@ class Download:
         if st.is_finished or st.is_seeding:
             self._last_data_at = now
         self.progress = Progress(
-            fraction=st.progress,
+            # Clamped: libtorrent's own progress can exceed 1 while the
+            # wanted size is still being worked out.
+            fraction=(min(1.0, st.total_wanted_done / st.total_wanted) if st.total_wanted > 0
+                      else (1.0 if st.is_finished else 0.0)),
             rate=st.download_payload_rate,
             peers=st.num_peers,
             done=st.total_wanted_done,
@@ -352,10 +356,12 @@ class Download:
             self._engine._remove_torrent(self._torrent, False)
 
     def _peer_info(self, peers):
-        for p in peers:
-            ep = (p.ip[0], p.ip[1])
-            if p.num_hashfails:
-                self._bad_peer(ep, "sent data that failed the hash check")
+        # num_hashfails counts every peer that contributed a block to a piece
+        # that failed, so with several seeders it also names the innocent
+        # ones: it is kept for diagnosis only.  libtorrent's smart-ban, which
+        # re-downloads and compares blocks, names the culprit (peer_ban_alert,
+        # _on_peer_ban), and only that lowers a peer's score.
+        self.hashfail_peers = {(p.ip[0], p.ip[1]) for p in peers if p.num_hashfails}
 
     def _bad_peer(self, ep, reason):
         if ep in self.bad_peers:

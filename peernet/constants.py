@@ -72,3 +72,15 @@ MAX_RECORDS_PER_RESPONSE = 64
 SNAPSHOT_INTERVAL = 60.0
 #: A link that sends no HELLO this long after opening is closed.
 HELLO_TIMEOUT = 10.0
+
+# Torrents ----------------------------------------------------------------------------
+#: Progress events and stall checks for active downloads, seconds.
+TORRENT_PROGRESS_INTERVAL = 0.5
+#: Safety drain of libtorrent's alert queue, in case a notification was missed.
+TORRENT_SAFETY_DRAIN_INTERVAL = 3.0
+#: Resume data of every modified torrent is saved this often, seconds.
+TORRENT_RESUME_SAVE_INTERVAL = 60.0
+#: A download fails if no payload arrived for this long (no seeder left).
+TORRENT_STALL_TIMEOUT = 120.0
+#: At stop, wait at most this long for libtorrent to hand over resume data.
+TORRENT_STOP_SAVE_TIMEOUT = 10.0

@@ -39,22 +39,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from peernet import constants
 from peernet.errors import ConfigError, PeernetError
 from peernet.torrent.repo import BLOCK_SIZE, RepoManifest
 
 log = Logger()
 
-# Timings (move to peernet/constants.py when wired into `twist peer`). -------------
-#: Progress events and stall checks for active downloads, seconds.
-PROGRESS_INTERVAL = 0.5
-#: Safety drain of the alert queue, in case a notification was missed.
-SAFETY_DRAIN_INTERVAL = 3.0
-#: Resume data of every modified torrent is saved this often, seconds.
-RESUME_SAVE_INTERVAL = 60.0
-#: A download fails if no payload arrived for this long (no seeder left).
-STALL_TIMEOUT = 120.0
-#: At stop, wait at most this long for libtorrent to hand over resume data.
-STOP_SAVE_TIMEOUT = 10.0
+# Timings live with the other protocol numbers in peernet/constants.py.
+PROGRESS_INTERVAL = constants.TORRENT_PROGRESS_INTERVAL
+SAFETY_DRAIN_INTERVAL = constants.TORRENT_SAFETY_DRAIN_INTERVAL
+RESUME_SAVE_INTERVAL = constants.TORRENT_RESUME_SAVE_INTERVAL
+STALL_TIMEOUT = constants.TORRENT_STALL_TIMEOUT
+STOP_SAVE_TIMEOUT = constants.TORRENT_STOP_SAVE_TIMEOUT
 
 RESUME_SUFFIX = ".resume"
 ALERT_MASK = (

@@ -116,6 +116,15 @@ class BootstrapNode(NodeProcess):
     def url(self):
         return f"{self.scheme}://{self.host}:{self.port}"
 
+    def health(self, timeout=10):
+        """The server's /api/bootstrap/health answer (plain HTTP only)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request("GET", "/api/bootstrap/health")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
 
 class PeerNode(NodeProcess):
     kind = "peer"

@@ -117,3 +117,18 @@ def bootstrap_factory(tmp_path):
 @pytest.fixture
 def bootstrap_server(bootstrap_factory):
     return bootstrap_factory()
+
+
+def wait_for(predicate, what, timeout=30.0):
+    """Poll ``predicate()`` every 0.1 s until true; AssertionError naming ``what``
+    after ``timeout`` seconds.  Transient errors of a process still starting
+    (connection refused, a 4xx/5xx, half-written JSON) count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except (OSError, RuntimeError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting until {what}")

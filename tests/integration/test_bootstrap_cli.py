@@ -1,6 +1,5 @@
 """`twist bootstrap` option errors: one line on stderr, non-zero exit, no traceback."""
 
-import os
 import socket
 import subprocess
 

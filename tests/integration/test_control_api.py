@@ -13,13 +13,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
+from conftest import wait_for as _wait_for
 from peernet.devnet import DevNet
 
 pytestmark = pytest.mark.slow
@@ -151,16 +151,6 @@ class Events:
         self.conn.close()
 
 
-def wait_for(predicate, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (OSError, RuntimeError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def make_files(root, n, prefix="file"):
@@ -390,3 +380,7 @@ def test_peernet_share_progress_bar(net, tmp_path):
     assert "Sharing bar" in out.stdout
     assert "files" in out.stderr and "/20" in out.stderr, out.stderr
     ok(net.seeder, "POST", "unshare", {"name": "bar"})
+
+
+def wait_for(predicate, what, timeout=WAIT):
+    _wait_for(predicate, what, timeout)

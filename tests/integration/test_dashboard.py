@@ -12,14 +12,13 @@ chromium-driver`; scripts/test.sh installs them): without them this test fails.
 """
 
 import hashlib
-import http.client
-import json
 import os
 import shutil
 import time
 
 import pytest
 
+from conftest import wait_for as _wait_for
 from peernet.devnet import DevNet
 
 pytestmark = pytest.mark.slow
@@ -44,25 +43,8 @@ def make_repo(path, sizes):
     return digests
 
 
-def health(net):
-    conn = http.client.HTTPConnection(net.bootstrap.host, net.bootstrap.port, timeout=10)
-    try:
-        conn.request("GET", "/api/bootstrap/health")
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
 
 
-def wait_for(predicate, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (OSError, ValueError, RuntimeError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting until {what}")
 
 
 @pytest.fixture
@@ -151,7 +133,7 @@ def test_dashboard_in_a_real_browser(tmp_path, browser):
         other = net.add_peer("peer2", broadcast=True, host="127.0.0.11")
         silent = net.add_peer("silent1", broadcast=False, host="127.0.0.77")
         seeder_id, other_id = seeder.peer_id(), other.peer_id()
-        wait_for(lambda: health(net)["peers"] == 2, "both broadcasting peers register")
+        wait_for(lambda: net.bootstrap.health()["peers"] == 2, "both broadcasting peers register")
 
         # -- log in with the form: a wrong token is refused with a clear message ----------
         browser.get(other.control_url + "/")
@@ -176,12 +158,12 @@ def test_dashboard_in_a_real_browser(tmp_path, browser):
         assert "address" in text("#broadcast-card") and "peer ID" in text("#broadcast-card")
         toggle.click()
         until(lambda: toggle.get_attribute("aria-checked") == "false", "the toggle shows off")
-        wait_for(lambda: health(net)["peers"] == 1, "the bootstrap server forgets the peer")
+        wait_for(lambda: net.bootstrap.health()["peers"] == 1, "the bootstrap server forgets the peer")
         assert other.status()["broadcasting"] is False
         assert "silent" in text("#mode-pill")
         toggle.click()
         until(lambda: toggle.get_attribute("aria-checked") == "true", "the toggle shows on again")
-        wait_for(lambda: health(net)["peers"] == 2, "the peer registers again")
+        wait_for(lambda: net.bootstrap.health()["peers"] == 2, "the peer registers again")
         assert other.status()["broadcasting"] is True
 
         # -- the silent peer's dashboard, logged in by URL --------------------------------
@@ -274,3 +256,7 @@ def test_dashboard_in_a_real_browser(tmp_path, browser):
         assert os.path.getsize(path) > 10_000, path
     for node in net.peers:
         assert "Traceback" not in node.log(), node.name
+
+
+def wait_for(predicate, what, timeout=WAIT):
+    _wait_for(predicate, what, timeout)

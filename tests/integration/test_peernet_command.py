@@ -9,7 +9,6 @@ with its documented exit status (3 no peer, 4 wrong token, 2 usage, 5 not found)
 """
 
 import hashlib
-import http.client
 import json
 import os
 import re
@@ -17,10 +16,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
+from conftest import wait_for as _wait_for
 from peernet.devnet import DevNet
 
 pytestmark = pytest.mark.slow
@@ -56,25 +55,8 @@ def one_line_error(out, status):
     return lines[0]
 
 
-def health(net):
-    conn = http.client.HTTPConnection(net.bootstrap.host, net.bootstrap.port, timeout=5)
-    try:
-        conn.request("GET", "/api/bootstrap/health")
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
 
 
-def wait_for(predicate, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except (OSError, RuntimeError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def make_tree(root):
@@ -95,7 +77,7 @@ def net(tmp_path_factory):
     with DevNet(str(tmp_path_factory.mktemp("cli") / "net"), broadcasting=1, silent=1) as net:
         net.peer, net.quiet = net.broadcasters[0], net.silent[0]
         net.peer_id, net.quiet_id = net.peer.peer_id(), net.quiet.peer_id()
-        wait_for(lambda: health(net)["peers"] == 1, "the peer registers")
+        wait_for(lambda: net.bootstrap.health()["peers"] == 1, "the peer registers")
         wait_for(lambda: any(p["peer_id"] == net.peer_id for p in net.quiet.peers()),
                  "the silent peer learns the broadcasting one")
         wait_for(lambda: net.peer.status()["bootstrap"].get(net.bootstrap.url) == "registered",
@@ -230,10 +212,14 @@ def test_broadcast_off_and_on(net):
     assert "off" in text
     assert json.loads(ok(on(net.peer, "--json", "status")))["broadcasting"] is False
     assert "silent" in ok(on(net.peer, "status"))
-    wait_for(lambda: health(net)["peers"] == 0, "the bootstrap server forgets the peer")
+    wait_for(lambda: net.bootstrap.health()["peers"] == 0, "the bootstrap server forgets the peer")
 
     assert json.loads(ok(on(net.peer, "--json", "broadcast", "on"))) == {"broadcasting": True}
     status = json.loads(ok(on(net.peer, "--json", "status")))
     assert status["broadcasting"] is True and status["peer_id"] == net.peer_id
     assert any(re.match(r"wss://127\.0\.0\.10:\d+/gossip", a) for a in status["addresses"])
-    wait_for(lambda: health(net)["peers"] == 1, "the peer registers again")
+    wait_for(lambda: net.bootstrap.health()["peers"] == 1, "the peer registers again")
+
+
+def wait_for(predicate, what, timeout=WAIT):
+    _wait_for(predicate, what, timeout)

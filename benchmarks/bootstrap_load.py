@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -41,6 +40,8 @@ import urllib.error
 import urllib.request
 from importlib import metadata
 from pathlib import Path
+
+from machine import machine_facts  # shared by every benchmark
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -442,20 +443,6 @@ def package_versions():
         except (OSError, subprocess.SubprocessError):
             out[deb + " (deb)"] = None
     return out
-
-
-def machine_facts():
-    cpu_model = None
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "cpu_model": cpu_model, "kernel": platform.release(),
-            "python": platform.python_version(), "python_executable": sys.executable}
 
 
 def fmt_rate(x):

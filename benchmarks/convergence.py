@@ -37,7 +37,6 @@ import datetime
 import http.client
 import json
 import os
-import platform
 import selectors
 import shutil
 import signal
@@ -60,6 +59,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import serf_reference  # noqa: E402  (benchmarks/ is not a package)
+from machine import machine_facts  # noqa: E402  (shared by every benchmark)
 from serf_reference import (  # noqa: E402,F401  (re-exported for run_peernet)
     DEFAULT_TIMEOUT_S, MAX_AGENTS, SerfUnavailable, percentile, run_serf,
     summarize_rounds,
@@ -525,31 +525,6 @@ def package_versions():
     out["serf (deb)"] = info.get("debian_package")
     out["serf version"] = info.get("serf_version")
     return out
-
-
-def machine_facts():
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-                    break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "cpu_model": cpu_model, "mem_gib": mem_gib, "kernel": platform.release(),
-            "python": platform.python_version(), "python_executable": sys.executable,
-            "loadavg_before": list(os.getloadavg())}
 
 
 ROWS = [

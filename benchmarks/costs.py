@@ -58,7 +58,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import queue
 import shlex
 import socket
@@ -70,6 +69,7 @@ import time
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
+from machine import machine_facts as shared_machine_facts  # shared by every benchmark
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -941,16 +941,6 @@ def parse_pyspy(path):
 
 
 def machine_facts():
-    cpu_model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     versions = {}
     for pkg in ("Twisted", "autobahn", "pyOpenSSL", "cryptography", "msgpack", "libtorrent",
                 "fastjsonschema"):
@@ -964,9 +954,9 @@ def machine_facts():
         versions["OpenSSL"] = SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
     except Exception:
         pass
-    return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "mem_gib": mem_gib,
-            "kernel": platform.release(), "python": platform.python_version(),
-            "clk_tck": CLK_TCK, "versions": versions}
+    facts = shared_machine_facts()
+    facts.update(clk_tck=CLK_TCK, versions=versions)
+    return facts
 
 
 def med(xs):

@@ -52,7 +52,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -67,6 +66,7 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
+from machine import machine_facts as shared_machine_facts  # shared by every benchmark
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -721,15 +721,6 @@ def summarize(rows, size):
 
 
 def machine_facts():
-    cpu_model = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     fs = None
     try:
         with open("/proc/mounts") as f:
@@ -740,9 +731,9 @@ def machine_facts():
                     best, fs = mnt, f"{typ} on {mnt} ({dev})"
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu_model": cpu_model, "kernel": platform.release(),
-            "python": platform.python_version(), "tmp_filesystem": fs,
-            "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    facts = shared_machine_facts()
+    facts["tmp_filesystem"] = fs
+    return facts
 
 
 def versions():

@@ -179,6 +179,9 @@ class GossipService(service.Service):
         self.inbound_connections = 0
         self.penalties_total = 0
         self.rejected_seed_records = 0
+        #: optional callable(direction, frame), direction "in" or "out", for
+        #: every binary frame received or sent on a link (metrics count them)
+        self.on_frame = None
         self._links = {}  # link id -> GossipLink (dialling, handshaking or open)
         self._listeners = []
         self._searches = {}
@@ -509,6 +512,8 @@ class GossipService(service.Service):
             if isinstance(action, Send):
                 link = self._links.get(action.link)
                 if link is not None:
+                    if self.on_frame is not None:
+                        self.on_frame("out", action.frame)
                     try:
                         link.send(action.frame)
                     except Exception:
@@ -643,6 +648,8 @@ class GossipService(service.Service):
             if not link.closing:
                 self._close(link, CLOSE_UNSUPPORTED_DATA, "binary frames only")
             return
+        if self.on_frame is not None:
+            self.on_frame("in", payload)
         try:
             actions = self.core.receive(link.id, payload)
         except Exception:

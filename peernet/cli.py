@@ -86,7 +86,9 @@ class ListeningService(Service):
     def _listened(self, outcome, synchronous):
         if hasattr(outcome, "getHost"):
             self.port = outcome
-            log.info("listening on {address}", address=_describe(outcome.getHost()))
+            host = outcome.getHost()
+            log.info("listening on {address}", address=_describe(host),
+                     port=getattr(host, "port", None), endpoint=self.description)
             if self.on_listening is not None:
                 self.on_listening(outcome)
             return

@@ -39,6 +39,9 @@ class Options(_Options):
         ["rate-ip", None, "60/60",
          "register/unregister requests allowed per client IP, as N/SECONDS."],
         ["rate-email", None, "10/3600", "Registrations allowed per email, as N/SECONDS."],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this endpoint "
+         "(e.g. tcp:9100:interface=127.0.0.1); off by default."],
     ]
 
     def __init__(self):
@@ -60,6 +63,10 @@ class Options(_Options):
     def postOptions(self):
         if not self["listen"]:
             self["listen"] = ["tcp:8600:interface=127.0.0.1"]
+        if self["metrics"] is not None:
+            from twisted.internet import reactor
+
+            check_endpoint(reactor, self["metrics"])
         try:
             self["ttl"] = int(self["ttl"])
         except ValueError:
@@ -140,6 +147,14 @@ def makeService(config, reactor=None):
         email_limiter=RateLimiter(reactor, *config["rate-email"]),
         mailer=config["mailer"],
     )
+    metrics = None
+    if config["metrics"] is not None:
+        from peernet import metrics as metrics_module
+        from peernet.bootstrap.api import ROUTES
+
+        registry = metrics_module.new_registry("bootstrap")
+        metrics = metrics_module.BootstrapMetrics(registry, store, ROUTES)
+        api = metrics.timed(api)
     site = make_site(api)
     # Listeners start first: a port in use then exits before any thread exists
     # (the store's worker thread would keep a dying process alive).  Requests
@@ -147,6 +162,11 @@ def makeService(config, reactor=None):
     for description in config["listen"]:
         ListeningService(reactor, COMMAND, description, site).setServiceParent(top)
     StoreService(store, config["federate"]).setServiceParent(top)
+    if metrics is not None:
+        # After the API listeners, so their "listening on" lines come first.
+        metrics_module.metrics_service(
+            reactor, COMMAND, config["metrics"], registry,
+            [lambda: metrics.refresh(reactor)]).setServiceParent(top)
 
     def sweep():
         d = store.sweep(reactor.seconds())

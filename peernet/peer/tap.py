@@ -40,6 +40,9 @@ class Options(_Options):
         ["torrent-port", None, "0",
          "BitTorrent listening port (with --broadcast; 0 picks a free one)."],
         ["upload-limit", None, "0", "Cap on BitTorrent upload, in KiB/s (0: none)."],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this endpoint "
+         "(e.g. tcp:9101:interface=127.0.0.1); off by default."],
     ]
 
     def __init__(self):
@@ -87,6 +90,8 @@ class Options(_Options):
             check_endpoint(reactor, self["listen"])
         if self["control"] != "none":
             check_endpoint(reactor, self["control"])
+        if self["metrics"] is not None:
+            check_endpoint(reactor, self["metrics"])
         try:
             self["links"] = int(self["links"])
         except ValueError:
@@ -192,6 +197,13 @@ def makeService(config, reactor=None):
     gossip.when_started().addErrback(
         lambda f: _fatal(reactor, f"the gossip service could not start: {f.getErrorMessage()}"))
     SnapshotService(reactor, table, state_dir).setServiceParent(top)
+    if config["metrics"] is not None:
+        from peernet import metrics as metrics_module
+
+        registry = metrics_module.new_registry("peer")
+        peer_metrics = metrics_module.PeerMetrics(registry, gossip, engine)
+        metrics_module.metrics_service(reactor, COMMAND, config["metrics"], registry,
+                                       [peer_metrics.refresh]).setServiceParent(top)
 
     clients = [BootstrapClient(reactor, url, identity if config["broadcast"] else None)
                for url in config["bootstrap"]]

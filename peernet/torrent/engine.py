@@ -502,7 +502,9 @@ class TorrentEngine(Service):
             lt.file_error_alert: self._on_file_error,
             lt.torrent_error_alert: self._on_torrent_error,
             lt.torrent_removed_alert: self._on_torrent_removed,
+            lt.session_stats_alert: self._on_session_stats,
         }
+        self._stats_waiters = []
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -611,6 +613,34 @@ class TorrentEngine(Service):
                 handler(alert)
             except Exception:  # noqa: BLE001 - one bad alert must not stop the rest
                 log.failure("handling {alert}", alert=type(alert).__name__)
+
+    def session_counters(self, timeout=2.0):
+        """Deferred of libtorrent's session counters ({name: value}, e.g.
+        ``net.sent_payload_bytes``), or None when the session is not running.
+
+        For metrics: asked with post_session_stats, answered by an alert, so
+        the reactor never waits on libtorrent's network thread.
+        """
+        if self._session is None or self._stopping:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._stats_waiters.append(d)
+        if len(self._stats_waiters) == 1:
+            self._session.post_session_stats()
+        timer = self.reactor.callLater(timeout, self._stats_timeout, d)
+        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return d
+
+    def _stats_timeout(self, d):
+        if d in self._stats_waiters:
+            self._stats_waiters.remove(d)
+            d.callback(None)
+
+    def _on_session_stats(self, alert):
+        waiters, self._stats_waiters = self._stats_waiters, []
+        values = dict(alert.values)
+        for d in waiters:
+            d.callback(values)
 
     def _torrent_for(self, handle):
         t = self._by_handle.get(handle)

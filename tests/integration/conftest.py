@@ -1,0 +1,28 @@
+"""Fixtures for the integration tests that need more than loopback sockets.
+
+``tor_network``: one private Tor network on 127.0.0.1 per test session (three
+directory authorities and two relays of the Debian ``tor`` binary, see
+``peernet.tor.testnet``).  It starts lazily, only when a test asks for it, and
+every tor it started is stopped by pid at the end of the session.
+"""
+
+import shutil
+
+import pytest
+
+from peernet.tor.testnet import PrivateTorNetwork
+
+
+@pytest.fixture(scope="session")
+def tor_network(tmp_path_factory):
+    """A started PrivateTorNetwork; use ``start_client(name)`` for a client tor."""
+    if shutil.which("tor") is None or shutil.which("tor-gencert") is None:
+        # Not a skip: the test command installs tor, so its absence is a broken setup.
+        pytest.fail("the Tor tests need the Debian tor package (apt-get install tor; "
+                    "scripts/test.sh installs it)", pytrace=False)
+    network = PrivateTorNetwork(str(tmp_path_factory.mktemp("tornet")))
+    network.start()
+    try:
+        yield network
+    finally:
+        network.stop()

@@ -12,6 +12,16 @@ rolls it back, so a refused request leaves nothing behind.
 Schema: ``schema/vN.sql`` creates version N from nothing and
 ``schema/upgrade-to-vN.sql`` moves N-1 to N.  A fresh database and an upgraded
 one are identical (tested).
+
+The transaction bodies (``_register``, ``_unregister``, ...) take the
+connection as their first argument and use only SQL that SQLite and
+PostgreSQL both accept (``?`` placeholders, ``ON CONFLICT``), so the PostgreSQL
+store (``pgstore.PostgresStore``) runs the very same code; the few differences
+are class attributes and hooks here (``BEGIN``, ``FOR_UPDATE``, ``_lock``,
+``_changed``).  Every rule that must hold across processes sharing one
+database is an atomic statement or a constraint, not a read-then-write:
+nonces and email bindings are ``INSERT ... ON CONFLICT DO NOTHING`` on a
+primary key, and a stale record version loses in the upsert's ``WHERE``.
 """
 
 import hashlib
@@ -128,6 +138,11 @@ class CodeIssued:
 class BootstrapStore:
     """Asynchronous access to the bootstrap database; see the module docstring."""
 
+    #: How a write transaction starts (SQLite: take the write lock at once).
+    BEGIN = "BEGIN IMMEDIATE"
+    #: Row lock for read-modify-write (SQLite's write lock already serialises).
+    FOR_UPDATE = ""
+
     def __init__(self, reactor, path, *, ttl=constants.BOOTSTRAP_DEFAULT_TTL,
                  email_verification=False):
         self.reactor = reactor
@@ -153,10 +168,13 @@ class BootstrapStore:
         return d
 
     def _load_index(self, now):
-        peers = self._conn.execute(
+        return self._load_index_on(self._conn, now)
+
+    def _load_index_on(self, conn, now):
+        peers = conn.execute(
             "SELECT peer_id, record, signature, is_bootstrap, expires_at FROM peers"
             " WHERE expires_at > ?", (now,)).fetchall()
-        nodes = self._bootstrap_nodes()
+        nodes = self._bootstrap_nodes_on(conn)
         return peers, nodes
 
     def _index_loaded(self, result):
@@ -195,6 +213,56 @@ class BootstrapStore:
     def _call(self, fn, *args):
         return deferToThreadPool(self.reactor, self._pool, fn, *args)
 
+    def _db(self, fn, *args):
+        """Run ``fn(conn, *args)`` on the worker thread; Deferred of its result."""
+        return self._call(lambda: fn(self._conn, *args))
+
+    def _write(self, body, *args):
+        """Run ``body(conn, *args)`` as one transaction; Deferred of its result."""
+        return self._db(self._transaction, body, *args)
+
+    def _transaction(self, conn, body, *args):
+        conn.execute(self.BEGIN)
+        try:
+            result = body(conn, *args)
+            conn.execute("COMMIT")
+        except _CommitThenRaise as e:
+            conn.execute("COMMIT")
+            raise e.error
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return result
+
+    def _rollback(self, conn):
+        conn.execute("ROLLBACK")
+
+    # -- hooks for a database shared by several processes (see pgstore) ---------
+
+    def _lock(self, conn, name):
+        """Serialise transactions named ``name`` (SQLite: already serial)."""
+
+    def _changed(self, conn, kind, key):
+        """A committed transaction changed peer ``key`` (kind "peer") or the
+        bootstrap server list (kind "nodes"); other processes may care."""
+
+    def _write_started(self, peer_id):
+        pass
+
+    def _write_finished(self, peer_id):
+        pass
+
+    def _tracked(self, peer_id, d, on_commit):
+        """Apply ``on_commit`` to the memory index when the write commits."""
+        self._write_started(peer_id)
+        d.addCallback(on_commit)
+
+        def finished(result):
+            self._write_finished(peer_id)
+            return result
+
+        return d.addBoth(finished)
+
     # -- writes -----------------------------------------------------------------
 
     def register(self, reg, now):
@@ -203,7 +271,7 @@ class BootstrapStore:
         Raises (as a failure) ReplayedNonce, Conflict (stale version, email
         bound to another peer) or BadRequest (wrong or expired email code).
         """
-        d = self._call(self._register, reg, now)
+        d = self._write(self._register, reg, now)
 
         def committed(outcome):
             if isinstance(outcome, Registered):
@@ -211,56 +279,54 @@ class BootstrapStore:
                               reg.is_bootstrap, outcome.expires_at)
             return outcome
 
-        return d.addCallback(committed)
+        return self._tracked(reg.peer_id, d, committed)
 
-    def _register(self, reg, now):
-        conn = self._conn
+    def _register(self, conn, reg, now):
+        self._use_nonce(conn, reg.nonce, now)
+        row = conn.execute(
+            "SELECT version FROM peers WHERE peer_id = ? AND expires_at > ?",
+            (reg.peer_id, now),
+        ).fetchone()
+        if row is not None and row[0] > reg.version:
+            raise _stale(reg.version, row[0])
         outcome = None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._use_nonce(conn, reg.nonce, now)
-            row = conn.execute(
-                "SELECT version FROM peers WHERE peer_id = ? AND expires_at > ?",
-                (reg.peer_id, now),
-            ).fetchone()
-            if row is not None and row[0] > reg.version:
-                raise Conflict(
-                    f"record version {reg.version} is older than the registered "
-                    f"version {row[0]}",
-                    code="stale_record",
-                )
-            if reg.email is not None:
-                outcome = self._bind_email(conn, reg, now)
-            if outcome is None:
-                expires_at = now + self.ttl
-                conn.execute(
-                    "INSERT INTO peers (peer_id, record, signature, version, is_bootstrap,"
-                    " is_broadcasting, email, registered_at, expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"
-                    " ON CONFLICT (peer_id) DO UPDATE SET record = excluded.record,"
-                    " signature = excluded.signature, version = excluded.version,"
-                    " is_bootstrap = excluded.is_bootstrap, email = excluded.email,"
-                    " registered_at = excluded.registered_at, expires_at = excluded.expires_at",
-                    (reg.peer_id, reg.record_json, reg.signature, reg.version,
-                     int(reg.is_bootstrap), reg.email, now, expires_at),
-                )
-                outcome = Registered(expires_at)
-            conn.execute("COMMIT")
-        except _CommitThenRaise as e:
-            conn.execute("COMMIT")
-            raise e.error
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        if reg.email is not None:
+            outcome = self._bind_email(conn, reg, now)
+        if outcome is None:
+            expires_at = now + self.ttl
+            # The WHERE makes "versions only go up" atomic: a concurrent
+            # registration of a newer version through another process wins
+            # even if it committed after the SELECT above.
+            stored = conn.execute(
+                "INSERT INTO peers (peer_id, record, signature, version, is_bootstrap,"
+                " is_broadcasting, email, registered_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)"
+                " ON CONFLICT (peer_id) DO UPDATE SET record = excluded.record,"
+                " signature = excluded.signature, version = excluded.version,"
+                " is_bootstrap = excluded.is_bootstrap, email = excluded.email,"
+                " registered_at = excluded.registered_at, expires_at = excluded.expires_at"
+                " WHERE peers.version <= excluded.version OR peers.expires_at <= ?",
+                (reg.peer_id, reg.record_json, reg.signature, reg.version,
+                 int(reg.is_bootstrap), reg.email, now, expires_at, now),
+            ).rowcount
+            if stored != 1:
+                row = conn.execute(
+                    "SELECT version FROM peers WHERE peer_id = ?", (reg.peer_id,)
+                ).fetchone()
+                raise _stale(reg.version, row[0] if row else reg.version)
+            self._changed(conn, "peer", reg.peer_id)
+            outcome = Registered(expires_at)
         return outcome
 
     def _use_nonce(self, conn, nonce, now):
-        try:
-            conn.execute(
-                "INSERT INTO nonces (nonce, expires_at) VALUES (?, ?)",
-                (nonce, now + constants.NONCE_RETENTION_SECONDS),
-            )
-        except sqlite3.IntegrityError:
+        # A primary-key insert: atomic whether one process or many share the
+        # database (a concurrent twin waits for the first to commit, then loses).
+        used = conn.execute(
+            "INSERT INTO nonces (nonce, expires_at) VALUES (?, ?)"
+            " ON CONFLICT (nonce) DO NOTHING",
+            (nonce, now + constants.NONCE_RETENTION_SECONDS),
+        ).rowcount
+        if used != 1:
             raise ReplayedNonce("this nonce was already used; sign a new request")
 
     def _bind_email(self, conn, reg, now):
@@ -269,18 +335,10 @@ class BootstrapStore:
             "SELECT peer_id FROM emails WHERE email = ?", (reg.email,)
         ).fetchone()
         if bound is not None:
-            if bound[0] != reg.peer_id:
-                raise Conflict(
-                    "this email is bound to another peer; only that peer's key can "
-                    "release it",
-                    code="email_bound",
-                )
+            _check_binding(bound[0], reg.peer_id)
             return None
         if not self.email_verification:
-            conn.execute(
-                "INSERT INTO emails (email, peer_id, verified, bound_at) VALUES (?, ?, 0, ?)",
-                (reg.email, reg.peer_id, now),
-            )
+            self._insert_binding(conn, reg, 0, now)
             return None
         if reg.email_code is None:
             code = f"{secrets.randbelow(10**8):08d}"
@@ -295,7 +353,7 @@ class BootstrapStore:
             return CodeIssued(reg.email, code)
         pending = conn.execute(
             "SELECT peer_id, code_hash, attempts FROM email_codes"
-            " WHERE email = ? AND expires_at > ?",
+            " WHERE email = ? AND expires_at > ?" + self.FOR_UPDATE,
             (reg.email, now),
         ).fetchone()
         if pending is None or pending[0] != reg.peer_id:
@@ -317,89 +375,86 @@ class BootstrapStore:
             # The attempt counter must persist although the request fails.
             raise _CommitThenRaise(BadRequest("the email code is wrong", code="bad_email_code"))
         conn.execute("DELETE FROM email_codes WHERE email = ?", (reg.email,))
-        conn.execute(
-            "INSERT INTO emails (email, peer_id, verified, bound_at) VALUES (?, ?, 1, ?)",
-            (reg.email, reg.peer_id, now),
-        )
+        self._insert_binding(conn, reg, 1, now)
         return None
+
+    def _insert_binding(self, conn, reg, verified, now):
+        # Two registrations of one email racing through two processes both
+        # find it unbound; the primary key lets exactly one insert win.
+        inserted = conn.execute(
+            "INSERT INTO emails (email, peer_id, verified, bound_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (email) DO NOTHING",
+            (reg.email, reg.peer_id, verified, now),
+        ).rowcount
+        if inserted != 1:
+            bound = conn.execute(
+                "SELECT peer_id FROM emails WHERE email = ?", (reg.email,)
+            ).fetchone()
+            _check_binding(bound[0] if bound else None, reg.peer_id)
 
     def drop_email_code(self, email, peer_id):
         """Forget a pending email code (it could not be sent). Deferred."""
-        return self._call(self._drop_email_code, email, peer_id)
+        return self._write(self._drop_email_code, email, peer_id)
 
-    def _drop_email_code(self, email, peer_id):
-        self._conn.execute(
+    def _drop_email_code(self, conn, email, peer_id):
+        conn.execute(
             "DELETE FROM email_codes WHERE email = ? AND peer_id = ?", (email, peer_id)
         )
 
     def unregister(self, peer_id, nonce, release_email, now):
         """Remove a peer at once. Deferred of (removed, email_released)."""
-        d = self._call(self._unregister, peer_id, nonce, release_email, now)
+        d = self._write(self._unregister, peer_id, nonce, release_email, now)
 
         def committed(result):
             self.live.remove(peer_id)
             return result
 
-        return d.addCallback(committed)
+        return self._tracked(peer_id, d, committed)
 
-    def _unregister(self, peer_id, nonce, release_email, now):
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._use_nonce(conn, nonce, now)
-            removed = conn.execute(
-                "DELETE FROM peers WHERE peer_id = ? AND expires_at > ?", (peer_id, now)
+    def _unregister(self, conn, peer_id, nonce, release_email, now):
+        self._use_nonce(conn, nonce, now)
+        removed = conn.execute(
+            "DELETE FROM peers WHERE peer_id = ? AND expires_at > ?", (peer_id, now)
+        ).rowcount
+        # An expired row is invisible, but it still goes now.
+        conn.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
+        released = 0
+        if release_email:
+            released = conn.execute(
+                "DELETE FROM emails WHERE peer_id = ?", (peer_id,)
             ).rowcount
-            # An expired row is invisible, but it still goes now.
-            conn.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
-            released = 0
-            if release_email:
-                released = conn.execute(
-                    "DELETE FROM emails WHERE peer_id = ?", (peer_id,)
-                ).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        self._changed(conn, "peer", peer_id)
         return bool(removed), bool(released)
 
     def set_bootstrap_nodes(self, urls, source, now):
         """Make the ``source`` rows of bootstrap_nodes exactly ``urls``."""
-        d = self._call(self._set_bootstrap_nodes, list(urls), source, now)
-        d.addCallback(lambda _: self._call(self._bootstrap_nodes))
+        d = self._write(self._set_bootstrap_nodes, list(urls), source, now)
+        d.addCallback(lambda _: self._db(self._bootstrap_nodes_on))
         d.addCallback(lambda nodes: setattr(self, "nodes", nodes))
         return d
 
-    def _set_bootstrap_nodes(self, urls, source, now):
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("DELETE FROM bootstrap_nodes WHERE source = ?", (source,))
-            conn.executemany(
-                "INSERT OR REPLACE INTO bootstrap_nodes (url, source, added_at) VALUES (?, ?, ?)",
-                [(u, source, now) for u in urls],
+    def _set_bootstrap_nodes(self, conn, urls, source, now):
+        # Processes sharing a database start together and all rewrite this list.
+        self._lock(conn, "bootstrap_nodes")
+        conn.execute("DELETE FROM bootstrap_nodes WHERE source = ?", (source,))
+        for url in urls:
+            conn.execute(
+                "INSERT INTO bootstrap_nodes (url, source, added_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (url) DO UPDATE SET source = excluded.source,"
+                " added_at = excluded.added_at",
+                (url, source, now),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        self._changed(conn, "nodes", source)
 
     def sweep(self, now):
         """Delete expired peers, nonces and codes. Deferred of rows deleted."""
         self.live.expire(now)
-        return self._call(self._sweep, now)
+        return self._write(self._sweep, now)
 
-    def _sweep(self, now):
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            n = conn.execute("DELETE FROM peers WHERE expires_at <= ?", (now,)).rowcount
-            n += conn.execute("DELETE FROM nonces WHERE expires_at <= ?", (now,)).rowcount
-            n += conn.execute("DELETE FROM email_codes WHERE expires_at <= ?", (now,)).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    def _sweep(self, conn, now):
+        n = conn.execute("DELETE FROM peers WHERE expires_at <= ?", (now,)).rowcount
+        n += conn.execute("DELETE FROM nonces WHERE expires_at <= ?", (now,)).rowcount
+        n += conn.execute("DELETE FROM email_codes WHERE expires_at <= ?", (now,)).rowcount
         return n
 
     # -- reads ------------------------------------------------------------------
@@ -412,15 +467,17 @@ class BootstrapStore:
     def bootstrap_nodes(self):
         return list(self.nodes)
 
-    def _bootstrap_nodes(self):
-        return [r[0] for r in self._conn.execute("SELECT url FROM bootstrap_nodes ORDER BY url")]
+    def _bootstrap_nodes_on(self, conn):
+        return [r[0] for r in conn.execute("SELECT url FROM bootstrap_nodes ORDER BY url")]
 
     def counts(self, now):
         """Deferred of a dict of live counts for /health."""
-        return self._call(self._counts, now)
+        return self._db(self._counts, now)
 
-    def _counts(self, now):
-        c = self._conn
+    def _schema_version(self, conn):
+        return database_version(conn)
+
+    def _counts(self, c, now):
         return {
             "peers": c.execute("SELECT count(*) FROM peers WHERE expires_at > ?", (now,)).fetchone()[0],
             "bootstrap_peers": c.execute(
@@ -428,8 +485,23 @@ class BootstrapStore:
             ).fetchone()[0],
             "bootstrap_servers": c.execute("SELECT count(*) FROM bootstrap_nodes").fetchone()[0],
             "emails": c.execute("SELECT count(*) FROM emails").fetchone()[0],
-            "schema_version": database_version(c),
+            "schema_version": self._schema_version(c),
         }
+
+
+def _stale(version, registered):
+    return Conflict(
+        f"record version {version} is older than the registered version {registered}",
+        code="stale_record",
+    )
+
+
+def _check_binding(bound_peer_id, peer_id):
+    if bound_peer_id != peer_id:
+        raise Conflict(
+            "this email is bound to another peer; only that peer's key can release it",
+            code="email_bound",
+        )
 
 
 class _CommitThenRaise(Exception):

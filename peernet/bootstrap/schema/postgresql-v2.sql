@@ -1,0 +1,54 @@
+-- peernet bootstrap database on PostgreSQL, schema version 2 (fresh databases start here).
+-- The same tables as the SQLite schema (v1.sql); times are DOUBLE PRECISION
+-- (PostgreSQL's REAL is 4 bytes: too coarse for Unix times).
+CREATE TABLE version (version INTEGER NOT NULL);
+INSERT INTO version (version) VALUES (2);
+
+-- Only broadcasting peers are ever stored (the CHECK makes it a database rule).
+CREATE TABLE peers (
+    peer_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,          -- canonical JSON of the signed record
+    signature TEXT NOT NULL,       -- base64 Ed25519 signature over `record`
+    version INTEGER NOT NULL,
+    is_bootstrap INTEGER NOT NULL,
+    is_broadcasting INTEGER NOT NULL CHECK (is_broadcasting = 1),
+    email TEXT,
+    registered_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX peers_expires_at ON peers (expires_at);
+
+-- Other bootstrap servers this one federates with.
+CREATE TABLE bootstrap_nodes (
+    url TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    added_at DOUBLE PRECISION NOT NULL
+);
+
+-- One peer_id per email; only the bound key releases it.
+CREATE TABLE emails (
+    email TEXT PRIMARY KEY,
+    peer_id TEXT NOT NULL,
+    verified INTEGER NOT NULL,
+    bound_at DOUBLE PRECISION NOT NULL
+);
+
+-- Nonces of accepted signed requests, kept past the timestamp window.  The
+-- primary key makes a nonce single-use across every process sharing the
+-- database.
+CREATE TABLE nonces (
+    nonce TEXT PRIMARY KEY,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+
+-- v2: pending email verification codes (twist bootstrap --smtp), and an
+-- index for the discover query.
+CREATE TABLE email_codes (
+    email TEXT PRIMARY KEY,
+    peer_id TEXT NOT NULL,
+    code_hash TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX peers_bootstrap_expires ON peers (is_bootstrap, expires_at);
+CREATE INDEX nonces_expires_at ON nonces (expires_at);

@@ -115,6 +115,15 @@ def parse_gossip_address(address):
     return parts.hostname, port
 
 
+def is_onion_address(address):
+    """True for a URL whose host is a Tor onion service (``*.onion``)."""
+    try:
+        host = urlsplit(address).hostname or ""
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return host.endswith(".onion")
+
+
 class GossipService(service.Service):
     """The gossip overlay of one node.  See the module docstring.
 
@@ -163,6 +172,9 @@ class GossipService(service.Service):
         self.dial_timeout = dial_timeout
         self.bind_address = bind_address
         self._connect_endpoint = connect_endpoint
+        #: dial ``.onion`` addresses: only a node whose connections go
+        #: through Tor can (peernet.tor sets it); others skip them
+        self.dial_onions = False
         self._want_broadcasting = broadcasting
         self._addresses = list(addresses) if addresses is not None else None
         #: optional callable(listen_host) -> list (or Deferred of one) of more
@@ -723,7 +735,8 @@ class GossipService(service.Service):
             self._schedule_maintain(due - self.reactor.seconds())
 
     def _dial_addresses(self, entry):
-        return [a for a in entry.record["addresses"] if parse_gossip_address(a)]
+        return [a for a in entry.record["addresses"] if parse_gossip_address(a)
+                and (self.dial_onions or not is_onion_address(a))]
 
     def _dial(self, entry):
         addresses = self._dial_addresses(entry)

@@ -244,10 +244,38 @@ def cmd_status(client, args, out, err):
     return EXIT_OK
 
 
+def score_total(peer):
+    """The total of a peer's score: an object ``{"total", "availability",
+    "performance", "penalties", "refused_until"}``, or a bare number from a
+    peer that predates it."""
+    score = peer.get("score")
+    if isinstance(score, dict):
+        score = score.get("total")
+    return score if isinstance(score, (int, float)) else 0.0
+
+
+def score_text(peer, now):
+    """The score column: total, then availability / performance in percent,
+    penalties and a running refusal when there are any."""
+    score = peer.get("score")
+    text = f"{score_total(peer):.1f}"
+    if not isinstance(score, dict):
+        return text
+    if isinstance(score.get("availability"), (int, float)) and \
+            isinstance(score.get("performance"), (int, float)):
+        text += f" (a {100 * score['availability']:.0f} %, p {100 * score['performance']:.0f} %)"
+    if score.get("penalties"):
+        text += f"\npenalties -{score['penalties']:.1f}"
+    until = score.get("refused_until")
+    if isinstance(until, (int, float)) and until > now:
+        text += f"\nrefused for {until - now:.0f} s"
+    return text
+
+
 PEER_SORTS = {
-    "score": lambda p: (-(p.get("score") or 0), p.get("peer_id", "")),
+    "score": lambda p: (-score_total(p), p.get("peer_id", "")),
     "last-seen": lambda p: (-(p.get("issued_at") or 0), p.get("peer_id", "")),
-    "repos": lambda p: (-len(p.get("repos") or ()), -(p.get("score") or 0), p.get("peer_id", "")),
+    "repos": lambda p: (-len(p.get("repos") or ()), -score_total(p), p.get("peer_id", "")),
 }
 
 
@@ -285,7 +313,7 @@ def cmd_peers(client, args, out, err):
     now = time.time()
     for p in peers:
         repos = ", ".join(r.get("name", "?") for r in p.get("repos") or ()) or "-"
-        table.add_row(short(p.get("peer_id"), 16), f"{p.get('score', 0):.2f}",
+        table.add_row(short(p.get("peer_id"), 16), score_text(p, now),
                       "broadcasting" if p.get("broadcasting") else "gone (tombstone)",
                       "\n".join(p.get("addresses") or ()) or "-", repos,
                       human_age(p.get("issued_at"), now))
@@ -645,7 +673,7 @@ def network_view(status, peers):
                   "outbound_peers": list(links.get("outbound_peers") or [])},
         "peers": [{"peer_id": p.get("peer_id"), "addresses": p.get("addresses", []),
                    "repos": [r.get("name") for r in p.get("repos") or ()],
-                   "score": p.get("score")} for p in known],
+                   "score": score_total(p)} for p in known],
     }
 
 

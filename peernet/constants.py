@@ -84,3 +84,33 @@ TORRENT_RESUME_SAVE_INTERVAL = 60.0
 TORRENT_STALL_TIMEOUT = 120.0
 #: At stop, wait at most this long for libtorrent to hand over resume data.
 TORRENT_STOP_SAVE_TIMEOUT = 10.0
+
+# Peer scoring (peernet/peer/scoring.py; docs/protocol.md, "Scoring") ------------------
+#: Score of a peer nothing is known about (scores run from 0 to 100).
+SCORE_NEUTRAL = 50.0
+#: Half-life of what is observed about a peer (contacts, uptime, heartbeats,
+#: round trips, transfers, answers), seconds.
+SCORE_HALF_LIFE = 3600.0
+#: Half-life of penalties (invalid messages, floods, corrupt data), seconds.
+PENALTY_HALF_LIFE = 600.0
+#: Invalid messages that take a peer with a neutral score to the cut-off.
+PENALTY_LIMIT = 5
+#: Below this total a link is closed and a broadcasting peer refused.
+SCORE_CUT_OFF = 5.0
+#: First cool-off of a refused peer, seconds; it doubles for each repeat
+#: offence, up to MAX_REFUSE_SECONDS.
+REFUSE_SECONDS = 600.0
+MAX_REFUSE_SECONDS = 6 * 3600.0
+#: Frames per second a link may sustain, and the burst it may send at once;
+#: frames beyond are dropped unread, and every FLOOD_PENALTY_EVERY-th one
+#: (starting with the first) is a penalty.
+FLOOD_RATE = 1000.0
+FLOOD_BURST = 2000.0
+FLOOD_PENALTY_EVERY = 100
+#: WebSocket ping on every link this often (round-trip time), seconds.
+RTT_PROBE_INTERVAL = 30.0
+#: A round trip this long scores 0.5; a transfer rate this high (bytes/s)
+#: scores 0.5; an unexpected link drop costs this many seconds of uptime.
+RTT_REFERENCE = 0.25
+RATE_REFERENCE = 1024 * 1024.0
+UPTIME_REFERENCE = 600.0

@@ -349,6 +349,9 @@ async def test_broadcasting_peer_cut_off_for_abuse_is_refused(cluster):
     await wait_until(lambda: server.core.links and all(
         l.remote_broadcasting for l in server.core.links.values()), what="HELLO")
     link = abuser.open_links()[0]
+    # penalty_limit=1: one invalid frame costs a neutral peer its whole score;
+    # a fast, live link has earned a little more than neutral, so send two.
+    link.protocol.sendMessage(b"garbage", isBinary=True)
     link.protocol.sendMessage(b"garbage", isBinary=True)
     await wait_until(lambda: server.planner.is_refused(abuser_id), what="the refusal")
     await wait_until(lambda: server.open_links() == [], what="the link to close")

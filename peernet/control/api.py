@@ -55,12 +55,20 @@ def load_or_create_token(state_dir):
     return token
 
 
+def score_total(peer):
+    """The total of a peer's ``score`` object (0 if absent)."""
+    score = peer.get("score")
+    if isinstance(score, dict):
+        score = score.get("total")
+    return score if isinstance(score, (int, float)) else 0.0
+
+
 #: GET /api/peers?sort=...: the orders the peer table can be sorted in.
 PEER_SORTS = {
-    "score": lambda p: (-(p.get("score") or 0), p.get("peer_id", "")),
+    "score": lambda p: (-score_total(p), p.get("peer_id", "")),
     # last-seen: the newest record first (issued_at, ms).
     "last-seen": lambda p: (-(p.get("issued_at") or 0), p.get("peer_id", "")),
-    "repos": lambda p: (-len(p.get("repos") or ()), -(p.get("score") or 0), p.get("peer_id", "")),
+    "repos": lambda p: (-len(p.get("repos") or ()), -score_total(p), p.get("peer_id", "")),
 }
 
 
@@ -159,7 +167,10 @@ class ControlAPI(JSONAPI):
                 "version": entry.record["version"],
                 "issued_at": entry.record["issued_at"],
                 "repos": entry.record.get("repos", []),
-                "score": round(self.gossip.planner.score(entry.peer_id), 3),
+                # Table entries are broadcasting records only: a silent
+                # peer (scored, if at all, under an anonymous link key) never
+                # appears here.
+                "score": self.gossip.peer_score(entry.peer_id),
             })
         args = query_arguments(request)
         sort = (args.get("sort") or ["score"])[-1]

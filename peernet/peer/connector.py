@@ -8,9 +8,10 @@ silent peer is never dialled, so it never appears here.
 Rules a caller may rely on:
 
 * **Choice**: of the candidates offered, half (rounded up) are the best by
-  :meth:`DialPlanner.score` and the rest are drawn at random from the
-  remainder, so the overlay neither collapses onto a few favourites nor
-  ignores what worked before.
+  :meth:`DialPlanner.score` (the peer's total in
+  :class:`peernet.peer.scoring.PeerScores`) and the rest are drawn at random
+  from the remainder, so the overlay neither collapses onto a few favourites
+  nor ignores what worked before.
 * **Backoff**: after ``n`` consecutive failures a peer is not dialled again
   for ``min(max_delay, base_delay * 2**(n-1))`` seconds, scaled by a random
   factor in [0.5, 1.0] (jitter, so peers that lost the same neighbour do not
@@ -18,17 +19,18 @@ Rules a caller may rely on:
   and then dropped counts as one failure, so the first redial comes after
   about ``base_delay``.
 * **Refusal**: a peer that abused a link is refused (neither dialled nor
-  accepted) for a cooling-off time.
+  accepted) for a cooling-off time.  Scores and refusals live in one place,
+  :class:`peernet.peer.scoring.PeerScores`; the planner feeds it contact
+  successes, failures and bad data, and reads it back.
 """
 
 from dataclasses import dataclass
 
 from peernet import constants
+from peernet.peer.scoring import PeerScores
 
-#: How long a peer that was cut off for abuse stays refused.
-REFUSE_SECONDS = 600.0
-#: Failures older than this no longer lower the score.
-RECENT_FAILURE_SECONDS = 600.0
+#: How long a peer that was cut off for abuse stays refused (first offence).
+REFUSE_SECONDS = constants.REFUSE_SECONDS
 
 
 @dataclass
@@ -48,12 +50,15 @@ class DialPlanner:
     """Contact history, backoff and refusals per broadcasting peer_id.
 
     ``DialPlanner(clock, rng, base_delay=RECONNECT_BASE_DELAY,
-    max_delay=RECONNECT_MAX_DELAY, refuse_seconds=REFUSE_SECONDS)``;
-    ``clock`` has ``seconds()``, ``rng`` is a ``random.Random``.
+    max_delay=RECONNECT_MAX_DELAY, refuse_seconds=REFUSE_SECONDS, scores=None)``;
+    ``clock`` has ``seconds()``, ``rng`` is a ``random.Random``, ``scores`` a
+    shared :class:`PeerScores` (a new one with ``refuse_seconds`` as its
+    cool-off if None).
     """
 
     def __init__(self, clock, rng, base_delay=constants.RECONNECT_BASE_DELAY,
-                 max_delay=constants.RECONNECT_MAX_DELAY, refuse_seconds=REFUSE_SECONDS):
+                 max_delay=constants.RECONNECT_MAX_DELAY, refuse_seconds=REFUSE_SECONDS,
+                 scores=None):
         if not 0 < base_delay <= max_delay:
             raise ValueError("need 0 < base_delay <= max_delay")
         self.clock = clock
@@ -61,8 +66,8 @@ class DialPlanner:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.refuse_seconds = refuse_seconds
+        self.scores = scores if scores is not None else PeerScores(clock, cool_off=refuse_seconds)
         self._history = {}
-        self._refused = {}  # peer_id -> refused until
 
     # -- history -------------------------------------------------------------------
 
@@ -83,6 +88,7 @@ class DialPlanner:
         entry.failures = 0
         entry.last_success = self.clock.seconds()
         entry.next_attempt = 0.0
+        self.scores.contact(peer_id, True)
 
     def record_failure(self, peer_id):
         """A dial failed or a link dropped; returns the backoff delay chosen."""
@@ -90,13 +96,16 @@ class DialPlanner:
         entry.failures += 1
         now = self.clock.seconds()
         entry.last_failure = now
+        self.scores.contact(peer_id, False)
         delay = self.backoff_delay(entry.failures)
         entry.next_attempt = now + delay
         return delay
 
-    def record_bad_data(self, peer_id):
-        """``peer_id`` served data that failed a hash or manifest check."""
+    def record_bad_data(self, peer_id, code="corrupt_data"):
+        """``peer_id`` served data that failed a hash (``corrupt_data``) or
+        manifest (``bad_manifest``) check: a penalty on its score."""
         self._entry(peer_id).bad_data += 1
+        self.scores.penalize(peer_id, code)
 
     def backoff_delay(self, failures):
         """The (jittered) wait after ``failures`` consecutive failures."""
@@ -107,31 +116,26 @@ class DialPlanner:
         return min(self.max_delay, raw) * self.rng.uniform(0.5, 1.0)
 
     def forget(self, peer_id):
-        """Drop the history of a peer that left the table."""
+        """Drop the history and score of a peer that left the table."""
         self._history.pop(peer_id, None)
+        self.scores.forget(peer_id)
 
     def prune(self, keep):
-        """Keep history only for peer_ids in ``keep``; refusals stay until they lapse."""
+        """Keep history and scores only for peer_ids in ``keep``; refusals stay
+        until they lapse."""
         for peer_id in [p for p in self._history if p not in keep]:
             del self._history[peer_id]
-        now = self.clock.seconds()
-        for peer_id in [p for p, until in self._refused.items() if until <= now]:
-            del self._refused[peer_id]
+        self.scores.prune(keep)
 
     # -- refusals -------------------------------------------------------------------
 
     def refuse(self, peer_id, seconds=None):
-        seconds = self.refuse_seconds if seconds is None else seconds
-        self._refused[peer_id] = self.clock.seconds() + seconds
+        """Refuse ``peer_id`` for ``seconds`` (default: the scores' cool-off,
+        doubled per repeat offence); returns the time it ends."""
+        return self.scores.refuse(peer_id, seconds)
 
     def is_refused(self, peer_id):
-        until = self._refused.get(peer_id)
-        if until is None:
-            return False
-        if until <= self.clock.seconds():
-            del self._refused[peer_id]
-            return False
-        return True
+        return self.scores.is_refused(peer_id)
 
     # -- choosing ---------------------------------------------------------------------
 
@@ -146,27 +150,18 @@ class DialPlanner:
         """Earliest time one of ``peer_ids`` leaves backoff or refusal, or None."""
         times = []
         for peer_id in peer_ids:
-            until = self._refused.get(peer_id)
+            until = self.scores.refused_until(peer_id)
             entry = self._history.get(peer_id)
             t = max(until or 0.0, entry.next_attempt if entry else 0.0)
             times.append(t)
         return min(times) if times else None
 
     def score(self, peer_id):
-        """Higher is better: past successes count up (to 20), failures down.
-
-        Consecutive failures cost 4 each, bad data served 10 each, and any failure in the last
-        RECENT_FAILURE_SECONDS costs 5 more, so a peer that just failed sits
-        below an unknown one (score 0) until it has proven itself again.
-        """
-        entry = self._history.get(peer_id)
-        if entry is None:
-            return 0.0
-        score = float(min(entry.successes, 20)) - 4.0 * entry.failures - 10.0 * entry.bad_data
-        if (entry.last_failure is not None
-                and self.clock.seconds() - entry.last_failure < RECENT_FAILURE_SECONDS):
-            score -= 5.0
-        return score
+        """Higher is better: the peer's total score (0..100, 50 when unknown;
+        see :mod:`peernet.peer.scoring`).  Contact successes raise it, dial
+        failures lower it, so a peer that just failed sits below an unknown
+        one until it has proven itself again."""
+        return self.scores.total(peer_id)
 
     def choose(self, peer_ids, count):
         """Pick up to ``count`` of ``peer_ids``: half by score, half at random."""

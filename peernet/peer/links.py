@@ -171,6 +171,10 @@ class _GossipProtocolMixin:
     def onMessage(self, payload, isBinary):
         self._call_owner("link_message", self.link, payload, isBinary)
 
+    def onPong(self, payload):
+        # The answer to the owner's round-trip probe (GossipService._probe).
+        self._call_owner("link_pong", self.link, payload)
+
     def connectionLost(self, reason):
         try:
             super().connectionLost(reason)

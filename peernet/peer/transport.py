@@ -21,9 +21,15 @@ What a caller may rely on:
   and presents a throwaway certificate, new for every connection, so no
   neighbour ever learns the node's long-term peer_id; its own core never
   publishes a record.
-* **Abuse.** Each invalid frame is a Penalty; a text frame is a Penalty and
-  closes the link; ``penalty_limit`` penalties close the link, and a
-  broadcasting remote is then refused for REFUSE_SECONDS.
+* **Abuse and scores.** Each invalid frame is a Penalty on the remote's
+  score (:mod:`peernet.peer.scoring`); a text frame is a Penalty and closes
+  the link; frames above FLOOD_RATE per second (after a FLOOD_BURST) are
+  dropped unread and penalised.  When the score falls below SCORE_CUT_OFF
+  the link is closed and a broadcasting remote refused for a cool-off.
+  The same scores measure links (uptime, drops, heartbeat regularity,
+  WebSocket ping round trips, answers to our searches) and order dialling
+  and search results.  An inbound link from a silent peer is scored under
+  an opaque link key, never under an identity, and forgotten when it closes.
 * **Privacy.** Nothing here logs, raises or keeps the socket address of an
   inbound connection; logs name links by opaque ids, and name a peer_id only
   for outbound links (those go to broadcasting peers, whose records are
@@ -49,6 +55,7 @@ from peernet.gossip.core import Close, GossipCore, Penalty, SearchAnswer, Send, 
 from peernet.gossip.table import entry_from_wire
 from peernet.identity import NodeIdentity
 from peernet.peer.connector import DialPlanner, REFUSE_SECONDS
+from peernet.peer.scoring import LinkMeter, PeerScores, link_key
 from peernet.peer.links import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -65,8 +72,8 @@ from peernet.tls import MutualTLS
 
 log = Logger()
 
-#: Invalid frames tolerated on one link before it is closed.
-PENALTY_LIMIT = 5
+#: Invalid frames that take a peer with a neutral score to the cut-off.
+PENALTY_LIMIT = constants.PENALTY_LIMIT
 #: Default wait for answers to a network search.
 SEARCH_TIMEOUT = 5.0
 #: A search ends this long after its latest answer (answers come in a burst).
@@ -86,6 +93,8 @@ class _Search:
     timer: object = None
     settle_timer: object = None
     answered: set = field(default_factory=set)
+    #: links the request went out on that have not answered yet (scores)
+    asked: set = field(default_factory=set)
 
 
 def gossip_address(host, port):
@@ -184,8 +193,12 @@ class GossipService(service.Service):
         # its port is listening (the address may only be known then).
         self.core = GossipCore(identity, reactor, self.rng, broadcasting=False,
                                is_bootstrap=is_bootstrap, repos=repos, table=table)
+        #: one score per broadcasting peer (and per anonymous inbound link)
+        self.scores = PeerScores(reactor, penalty_limit=penalty_limit, cool_off=refuse_seconds)
         self.planner = DialPlanner(reactor, self.rng, reconnect_base_delay,
-                                   reconnect_max_delay, refuse_seconds)
+                                   reconnect_max_delay, refuse_seconds, scores=self.scores)
+        self._meters = {}  # link id -> LinkMeter (open links)
+        self._probe_call = None
         self.listening_port = None
         #: raw inbound TCP connections (counted by the server protocol)
         self.inbound_connections = 0
@@ -238,6 +251,7 @@ class GossipService(service.Service):
             yield self._go_broadcasting(self._addresses)
         self._schedule_tick()
         self._schedule_maintain(0)
+        self._probe_call = self.reactor.callLater(constants.RTT_PROBE_INTERVAL, self._probe)
         return self
 
     def when_started(self):
@@ -253,10 +267,10 @@ class GossipService(service.Service):
     def stopService(self):
         """Close every link (closing handshake, then abort) and stop listening."""
         super().stopService()
-        for call in (self._tick_call, self._maintain_call):
+        for call in (self._tick_call, self._maintain_call, self._probe_call):
             if call is not None and call.active():
                 call.cancel()
-        self._tick_call = self._maintain_call = None
+        self._tick_call = self._maintain_call = self._probe_call = None
         for rid in list(self._searches):
             self._end_search(rid)
         waits = []
@@ -441,6 +455,11 @@ class GossipService(service.Service):
         search = _Search(d, repo, peer, settle)
         search.timer = self.reactor.callLater(timeout, self._end_search, rid)
         self._searches[rid] = search
+        for action in actions:
+            link = self._links.get(action.link) if isinstance(action, Send) else None
+            if link is not None:
+                search.asked.add(link.id)
+                self.scores.asked(self._score_key(link))
         self._execute(actions)
         return d
 
@@ -536,6 +555,8 @@ class GossipService(service.Service):
                 if link is not None:
                     log.info("closing gossip link {link_id}: {reason}",
                              link_id=link.id, reason=action.reason)
+                    if action.reason == "missed heartbeats":
+                        self.scores.missed_heartbeats(self._score_key(link))
                     self._close(link, CLOSE_NORMAL, action.reason)
                 else:
                     self.core.link_closed(action.link)
@@ -563,14 +584,19 @@ class GossipService(service.Service):
         self.penalties_total += 1
         log.debug("gossip link {link_id}: penalty {code} ({detail})",
                   link_id=link.id, code=code, detail=detail[:200])
-        if link.penalties >= self.penalty_limit:
-            self._cut_off(link, "too many invalid messages")
+        if self.scores.penalize(self._score_key(link), code):
+            self._cut_off(link, "score below the cut-off (invalid or abusive messages)")
+
+    def _score_key(self, link):
+        """A broadcasting remote's peer_id, else an opaque key for this link."""
+        remote = self._broadcasting_remote(link)
+        return remote if remote is not None else link_key(link.id)
 
     def _cut_off(self, link, reason):
         """Close an abusive link; refuse its peer for a while if it broadcasts."""
         remote = self._broadcasting_remote(link)
         if remote is not None:
-            self.planner.refuse(remote)
+            self.scores.refuse(remote)
             log.info("gossip link {link_id} closed ({reason}); peer {peer_id} refused "
                      "for a while", link_id=link.id, reason=reason,
                      peer_id=remote if link.outbound else "(inbound)")
@@ -650,6 +676,8 @@ class GossipService(service.Service):
         else:
             log.info("gossip link {link_id} open (inbound)", link_id=link.id)
         link.opened = True
+        self._meters[link.id] = LinkMeter(self.reactor.seconds())
+        self._ping(link)
         self._execute(self.core.link_opened(link.id, link.outbound, link.peer_id))
 
     def link_message(self, link, payload, is_binary):
@@ -660,6 +688,16 @@ class GossipService(service.Service):
             if not link.closing:
                 self._close(link, CLOSE_UNSUPPORTED_DATA, "binary frames only")
             return
+        meter = self._meters.get(link.id)
+        if meter is not None:
+            allowed, gap = meter.frame(self.reactor.seconds())
+            if not allowed:
+                # Over the rate: dropped unread (no signature check spent on it).
+                if meter.flood_penalty_due():
+                    self._penalize(link.id, "flood", f"{meter.excess} frames above the rate")
+                return
+            if gap is not None:
+                self.scores.heard(self._score_key(link), gap)
         if self.on_frame is not None:
             self.on_frame("in", payload)
         try:
@@ -668,6 +706,12 @@ class GossipService(service.Service):
             # A bug, not the peer's fault; keep the node running.
             log.failure("gossip core failed on a frame from link {link_id}", link_id=link.id)
             return
+        for action in actions:
+            if isinstance(action, SearchAnswer):
+                search = self._searches.get(action.request_id)
+                if search is not None and link.id in search.asked:
+                    search.asked.discard(link.id)  # one answer per link and search
+                    self.scores.answered(self._score_key(link))
         self._execute(actions)
 
     def link_lost(self, link):
@@ -679,6 +723,13 @@ class GossipService(service.Service):
         if link.deadline is not None and link.deadline.active():
             link.deadline.cancel()
         link.deadline = None
+        meter = self._meters.pop(link.id, None)
+        key = self._score_key(link)
+        if meter is not None and not isinstance(key, tuple):
+            # Uptime of a broadcasting peer's link; a drop nobody chose counts.
+            dropped = link.outbound and not link.superseded and not link.closing
+            self.scores.uptime(key, meter.take_uptime(self.reactor.seconds()), dropped)
+        self.scores.forget(link_key(link.id))
         if link.opened:
             log.info("gossip link {link_id} closed", link_id=link.id)
             self._execute(self.core.link_closed(link.id))
@@ -695,6 +746,46 @@ class GossipService(service.Service):
             waiter[1].callback(None)
         if link.outbound:
             self._schedule_maintain(0)
+
+    # -- round trips and uptime (scores) --------------------------------------------------
+
+    def _probe(self):
+        """Every RTT_PROBE_INTERVAL: credit open links' uptime, ping each link."""
+        self._probe_call = None
+        if not self.running:
+            return
+        now = self.reactor.seconds()
+        for link in self.open_links():
+            meter = self._meters.get(link.id)
+            key = self._score_key(link)
+            if meter is not None and not isinstance(key, tuple):
+                self.scores.uptime(key, meter.take_uptime(now))
+            self._ping(link)
+        self._probe_call = self.reactor.callLater(constants.RTT_PROBE_INTERVAL, self._probe)
+
+    def _ping(self, link):
+        meter = self._meters.get(link.id)
+        if meter is None or link.protocol is None:
+            return
+        meter.ping_payload = self.rng.getrandbits(64).to_bytes(8, "big")
+        meter.ping_sent_at = self.reactor.seconds()
+        try:
+            link.protocol.sendPing(meter.ping_payload)
+        except Exception:
+            log.failure("ping on gossip link {link_id} failed", link_id=link.id)
+
+    def link_pong(self, link, payload):
+        """A WebSocket pong: the round trip of our latest ping, if it matches."""
+        meter = self._meters.get(link.id)
+        if meter is None or meter.ping_payload is None or payload != meter.ping_payload:
+            return  # unsolicited or stale: ignored (Autobahn answers pings itself)
+        rtt = self.reactor.seconds() - meter.ping_sent_at
+        meter.ping_payload = meter.ping_sent_at = None
+        self.scores.rtt(self._score_key(link), rtt)
+
+    def peer_score(self, peer_id):
+        """The score of a broadcasting peer as the control API shows it."""
+        return self.scores.snapshot(peer_id)
 
     # -- the connection manager ---------------------------------------------------------
 

@@ -302,7 +302,13 @@ def test_peers_sort_and_filter(net):
         return [p["peer_id"] for p in ok(quiet, "GET", "peers", query=query)["peers"]]
 
     peers = ok(quiet, "GET", "peers")["peers"]
-    by_score = [p["peer_id"] for p in sorted(peers, key=lambda p: (-p["score"], p["peer_id"]))]
+    for p in peers:  # the score object (docs/protocol.md, Scoring)
+        assert set(p["score"]) == {"total", "availability", "performance", "penalties",
+                                   "refused_until"}
+        assert 0 <= p["score"]["availability"] <= 1 and 0 <= p["score"]["performance"] <= 1
+        assert p["score"]["penalties"] == 0 and p["score"]["refused_until"] is None
+    by_score = [p["peer_id"] for p in sorted(peers, key=lambda p: (-p["score"]["total"],
+                                                                   p["peer_id"]))]
     assert ids() == ids(sort="score") == by_score
     newest = ok(quiet, "GET", "peers", query={"sort": "last-seen"})["peers"]
     assert [p["issued_at"] for p in newest] == sorted((p["issued_at"] for p in peers),

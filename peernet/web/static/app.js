@@ -183,9 +183,32 @@ async function refreshPeers() {
   renderMap();
 }
 
+// A peer's score is an object (GET /api/peers): {total, availability,
+// performance, penalties, refused_until}; tables sort and show its total.
+function scoreTotal(peer) {
+  const s = peer.score;
+  if (s && typeof s === "object") return Number(s.total) || 0;
+  return Number(s) || 0;
+}
+
+function scoreCell(peer) {
+  const s = peer.score && typeof peer.score === "object" ? peer.score : { total: scoreTotal(peer) };
+  const parts = [];
+  if (s.availability !== undefined) parts.push(`availability ${(100 * s.availability).toFixed(0)} %`);
+  if (s.performance !== undefined) parts.push(`performance ${(100 * s.performance).toFixed(0)} %`);
+  if (s.penalties) parts.push(`penalties −${Number(s.penalties).toFixed(1)}`);
+  const refused = s.refused_until ? new Date(s.refused_until * 1000) : null;
+  if (refused) parts.push(`refused until ${refused.toLocaleTimeString()}`);
+  return el("td", { class: "num score" + (refused ? " refused" : ""), title: parts.join(" · "),
+                    "data-total": scoreTotal(peer) },
+    el("span", { class: "total", text: scoreTotal(peer).toFixed(1) }),
+    refused ? el("span", { class: "badge warn", text: "refused" }) : null);
+}
+
 function sortValue(peer, key) {
   if (key === "repos") return peer.repos.length;
   if (key === "peer_id") return peer.peer_id;
+  if (key === "score") return scoreTotal(peer);
   return peer[key];
 }
 
@@ -223,7 +246,7 @@ function renderPeers() {
       el("td", { class: "repos" }, p.repos.length
         ? p.repos.map((r) => el("span", { class: "badge", title: `${r.files} files, ${bytes(r.size)}`, text: r.name }))
         : el("span", { class: "muted", text: "–" })),
-      el("td", { class: "num score", text: p.score.toFixed(3) }),
+      scoreCell(p),
       el("td", { class: "seen", title: when.toISOString(), "data-ms": p.issued_at, text: ago(p.issued_at) }),
       el("td", { class: "num", text: p.version })));
   }
@@ -255,7 +278,7 @@ function renderMap() {
   const W = 640, H = 380, cx = W / 2, cy = H / 2 - 10;
   const linked = new Set(s.outbound_peers || []);
   const known = state.peers.filter((p) => p.broadcasting && p.peer_id !== s.peer_id);
-  known.sort((a, b) => (linked.has(b.peer_id) - linked.has(a.peer_id)) || (b.score - a.score));
+  known.sort((a, b) => (linked.has(b.peer_id) - linked.has(a.peer_id)) || (scoreTotal(b) - scoreTotal(a)));
   const shown = known.slice(0, 16);
   const edges = svg("g", {}), nodes = svg("g", {});
   map.append(edges, nodes);

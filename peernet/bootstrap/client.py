@@ -81,10 +81,13 @@ def check_base_url(base_url):
         )
     if any(c.isspace() for c in base_url):
         raise ConfigError(f"the bootstrap URL {base_url!r} must not contain spaces")
-    if scheme == "http" and not _is_loopback(parts.hostname):
+    # An onion address is the server's key, and tor encrypts end to end:
+    # plain http to one is as private and authenticated as https.
+    if scheme == "http" and not _is_loopback(parts.hostname) \
+            and not parts.hostname.lower().endswith(".onion"):
         raise ConfigError(
             f"the bootstrap URL {base_url} uses plain http, which is only allowed for "
-            "loopback addresses; use https://"
+            "loopback and .onion addresses; use https://"
         )
     return base_url.rstrip("/"), scheme == "http"
 
@@ -168,7 +171,7 @@ class BootstrapClient:
         self.timeout = timeout
         #: Peer records dropped so far because they did not verify.
         self.rejected_records = 0
-        if plain_http:
+        if plain_http and not urlsplit(self.base_url).hostname.lower().endswith(".onion"):
             log.warn("talking to bootstrap {url} over plain http (loopback only)",
                      url=self.base_url)
         if agent is None:

@@ -48,6 +48,11 @@ MAX_EMAIL_CODE_ATTEMPTS = 5
 log = Logger()
 
 
+def is_postgres_url(db):
+    """``--db`` names a PostgreSQL server (pgstore) rather than a SQLite file."""
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
 def schema_text(name):
     return resources.files("peernet.bootstrap").joinpath("schema", name).read_text("utf-8")
 
@@ -528,6 +533,9 @@ class LiveIndex:
 
     def __len__(self):
         return len(self._entries)
+
+    def peer_ids(self):
+        return list(self._entries)
 
     def put(self, peer_id, record_json, signature, is_bootstrap, expires_at):
         self.remove(peer_id)

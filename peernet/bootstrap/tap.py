@@ -28,7 +28,9 @@ class Options(_Options):
     )
     optParameters = [
         ["db", None, "peernet-bootstrap.sqlite",
-         "SQLite database file (created with its schema when missing)."],
+         "SQLite database file (created with its schema when missing), or a "
+         "postgresql://user[:password]@host[:port]/dbname URL shared by several "
+         "bootstrap processes (needs pip install 'peernet[postgresql]')."],
         ["ttl", None, str(constants.BOOTSTRAP_DEFAULT_TTL),
          "Seconds a registration stays live without being renewed (60-86400)."],
         ["smtp", None, None,
@@ -85,8 +87,13 @@ class Options(_Options):
             self["mailer"] = SMTPMailer.from_url(reactor, self["smtp"], self["smtp-from"])
         else:
             self["mailer"] = None
-        self["db"] = os.path.abspath(self["db"])
-        _prepare_database(self["db"])
+        if store_module.is_postgres_url(self["db"]):
+            from peernet.bootstrap import pgstore
+
+            pgstore.prepare(self["db"])
+        else:
+            self["db"] = os.path.abspath(self["db"])
+            _prepare_database(self["db"])
 
 
 def _prepare_database(path):
@@ -137,7 +144,10 @@ def makeService(config, reactor=None):
     from peernet.bootstrap.store import BootstrapStore
 
     top = MultiService()
-    store = BootstrapStore(
+    store_class = BootstrapStore
+    if store_module.is_postgres_url(config["db"]):
+        from peernet.bootstrap.pgstore import PostgresStore as store_class
+    store = store_class(
         reactor, config["db"], ttl=config["ttl"],
         email_verification=config["mailer"] is not None,
     )

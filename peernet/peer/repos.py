@@ -37,7 +37,10 @@ def torrent_address(host, port):
 
 
 def parse_torrent_address(address):
-    """(host, port) of a ``bittorrent://HOST:PORT`` address, or None."""
+    """(host, port) of a ``bittorrent://HOST:PORT`` address, or None.
+
+    HOST may be an IP address, a DNS name or a Tor ``<56 chars>.onion`` name.
+    """
     try:
         parts = urlsplit(address)
         port = parts.port
@@ -46,6 +49,10 @@ def parse_torrent_address(address):
     if parts.scheme != "bittorrent" or not parts.hostname or not port:
         return None
     return parts.hostname, port
+
+
+def is_onion_host(host):
+    return host.lower().endswith(".onion")
 
 
 # -- manifest cache (blocking helpers, run in threads) ---------------------------------
@@ -185,6 +192,10 @@ class RepoService(Service):
         #: ("error" when failed, "summary" when shared)
         self.share_listeners = []
         self.initial_shares = dict(initial_shares or {})
+        #: None, or (with Tor) ``callable(host)`` -> Deferred of an IP address
+        #: libtorrent can dial for ``host`` (peernet.tor maps .onion names).
+        #: Without it, onion seeders are skipped: only Tor reaches them.
+        self.map_host = None
 
     # -- life cycle -------------------------------------------------------------
 
@@ -309,7 +320,8 @@ class RepoService(Service):
         groups = {}
         for record in records:
             addresses = [parse_torrent_address(a) for a in record.get("addresses", ())]
-            addresses = [a for a in addresses if a]
+            addresses = [a for a in addresses
+                         if a and (self.map_host is not None or not is_onion_host(a[0]))]
             for repo in record.get("repos", ()):
                 if name is not None and repo["name"] != name:
                     continue
@@ -351,6 +363,10 @@ class RepoService(Service):
         if summary is None:
             raise NotFound(f"nobody in reach shares {name or infohash}", code="no_seeders")
         dest = os.path.abspath(dest or self.downloads_dir)
+        seeders = await self._dialable(seeders)
+        if not seeders:
+            raise NotFound(f"no seeder of {name or infohash} can be reached through tor",
+                           code="no_seeders")
         job = DownloadJob(summary, dest, seeders)
         self.jobs[job.id] = job
         job.download = self.engine.download(summary, dest, peers=list(seeders))
@@ -360,6 +376,20 @@ class RepoService(Service):
         defer.ensureDeferred(self._finish(job))
         self._notify(job)
         return job
+
+    async def _dialable(self, seeders):
+        """``seeders`` keyed by addresses libtorrent can dial (``map_host``)."""
+        if self.map_host is None:
+            return seeders
+        out = {}
+        for (host, port), peer_id in seeders.items():
+            try:
+                ip = await self.map_host(host)
+            except PeernetError as e:
+                log.warn("cannot reach seeder {host}: {error}", host=host, error=str(e))
+                continue
+            out[(ip, port)] = peer_id
+        return out
 
     def _progress(self, job, progress):
         job.progress = progress.fraction

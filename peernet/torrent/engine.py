@@ -506,6 +506,13 @@ class TorrentEngine(Service):
         }
         self._stats_waiters = []
 
+    def add_settings(self, settings):
+        """More session settings, applied at start (e.g. Tor's SOCKS5 proxy, set
+        by peernet.tor once tor is ready); only before the service starts."""
+        if self.running:
+            raise PeernetError("session settings can only be added before the engine starts")
+        self._extra_settings.update(settings)
+
     # -- life cycle -----------------------------------------------------------------
 
     def startService(self):

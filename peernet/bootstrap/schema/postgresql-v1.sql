@@ -1,6 +1,7 @@
 -- peernet bootstrap database on PostgreSQL, schema version 1 (first release).
 -- The same tables as the SQLite schema (v1.sql); times are DOUBLE PRECISION
--- (PostgreSQL's REAL is 4 bytes: too coarse for Unix times).
+-- (PostgreSQL's REAL is 4 bytes: too coarse for Unix times) and record
+-- versions are BIGINT (they go up to 2**53; INTEGER is 4 bytes here).
 CREATE TABLE version (version INTEGER NOT NULL);
 INSERT INTO version (version) VALUES (1);
 
@@ -9,7 +10,7 @@ CREATE TABLE peers (
     peer_id TEXT PRIMARY KEY,
     record TEXT NOT NULL,          -- canonical JSON of the signed record
     signature TEXT NOT NULL,       -- base64 Ed25519 signature over `record`
-    version INTEGER NOT NULL,
+    version BIGINT NOT NULL,       -- record versions go up to 2**53
     is_bootstrap INTEGER NOT NULL,
     is_broadcasting INTEGER NOT NULL CHECK (is_broadcasting = 1),
     email TEXT,

@@ -26,6 +26,12 @@ class Options(_Options):
     )
     optFlags = [
         ["broadcast", None, "Publish this node (record, bootstrap registration, inbound links)."],
+        ["tor", None, "Silent peers only: make every outbound connection (gossip, bootstrap, "
+                      "BitTorrent) through Tor."],
+        ["onion", None, "With --broadcast: publish a v3 onion service for gossip and BitTorrent "
+                        "and announce it; all outbound connections then go through Tor too."],
+        ["onion-only", None, "Like --onion, but announce no clearnet address at all "
+                             "(listens on 127.0.0.1 for tor only)."],
     ]
     optParameters = [
         ["state-dir", None, "peernet-state", "Directory for the identity, peer snapshot and control token."],
@@ -43,6 +49,14 @@ class Options(_Options):
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this endpoint "
          "(e.g. tcp:9101:interface=127.0.0.1); off by default."],
+        ["tor-control", None, None,
+         "Use a running tor: its control port as an endpoint (unix:/run/tor/control, "
+         "tcp:127.0.0.1:9051). Default: launch a private tor (data in STATE_DIR/tor)."],
+        ["tor-control-password-file", None, None,
+         "File holding the --tor-control password (when that tor uses HashedControlPassword)."],
+        ["torrc", None, None,
+         "Extra torrc lines for the tor this peer launches (private or test Tor networks)."],
+        ["tor-timeout", None, "120", "Seconds tor may take to bootstrap before the peer gives up."],
     ]
 
     def __init__(self):
@@ -86,7 +100,9 @@ class Options(_Options):
         if self["email"] is not None and not self["broadcast"]:
             raise ConfigError("--email needs --broadcast (a silent node registers nowhere)")
         if self["broadcast"]:
-            self["listen"] = self["listen"] or "tcp:8701"
+            # onion-only: tor is the only one to reach us, on loopback
+            self["listen"] = self["listen"] or (
+                "tcp:0:interface=127.0.0.1" if self["onion-only"] else "tcp:8701")
             check_endpoint(reactor, self["listen"])
         if self["control"] != "none":
             check_endpoint(reactor, self["control"])
@@ -112,6 +128,7 @@ class Options(_Options):
             raise ConfigError("--upload-limit must be a whole number of KiB/s (0: no cap)")
         if self["share"] and not self["broadcast"]:
             raise ConfigError("--share needs --broadcast (a silent node accepts no downloads)")
+        self._check_tor(reactor)
         self["state-dir"] = os.path.abspath(self["state-dir"])
         self["downloads"] = os.path.abspath(
             self["downloads"] or os.path.join(self["state-dir"], "downloads"))
@@ -119,6 +136,47 @@ class Options(_Options):
             os.makedirs(self["state-dir"], mode=0o700, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"--state-dir: cannot create {self['state-dir']}: {e.strerror}")
+
+
+    def _check_tor(self, reactor):
+        from peernet.tor.runtime import check_control_endpoint, find_tor_binary, read_torrc_lines
+
+        if self["onion-only"]:
+            self["onion"] = True
+        if self["tor"] and self["broadcast"]:
+            raise ConfigError("--tor is for silent peers; a broadcasting peer uses --onion "
+                              "(its outbound connections then go through Tor too)")
+        if self["onion"] and not self["broadcast"]:
+            raise ConfigError("--onion needs --broadcast (a silent peer publishes nothing; "
+                              "use --tor)")
+        self["use-tor"] = self["tor"] or self["onion"]
+        for option in ("tor-control", "tor-control-password-file", "torrc"):
+            if self[option] is not None and not self["use-tor"]:
+                raise ConfigError(f"--{option} needs --tor or --onion")
+        if self["tor"] and self["bind-address"] is not None:
+            raise ConfigError("--bind-address has no use with --tor (tor makes the connections)")
+        if self["onion-only"] and self["advertise"]:
+            raise ConfigError("--onion-only announces the onion address only; drop --advertise")
+        if self["tor-control-password-file"] is not None and self["tor-control"] is None:
+            raise ConfigError("--tor-control-password-file needs --tor-control")
+        try:
+            self["tor-timeout"] = float(self["tor-timeout"])
+            if not 0 < self["tor-timeout"] <= 3600:
+                raise ValueError
+        except ValueError:
+            raise ConfigError("--tor-timeout must be a number of seconds from 1 to 3600")
+        if not self["use-tor"]:
+            return
+        if self["tor-control"] is not None:
+            if self["torrc"] is not None:
+                raise ConfigError("--torrc configures the tor this peer launches; it cannot "
+                                  "change a tor attached with --tor-control")
+            check_control_endpoint(reactor, self["tor-control"])
+        else:
+            self["torrc"] = read_torrc_lines(self["torrc"]) if self["torrc"] else []
+            if find_tor_binary() is None:
+                raise ConfigError("no tor program found on PATH; install tor (Debian: apt-get "
+                                  "install tor) or attach to a running one with --tor-control")
 
 
 def normalize_advertised(address):
@@ -173,27 +231,44 @@ def makeService(config, reactor=None):
         log.info("loaded {n} peer records from the snapshot", n=loaded)
 
     top = MultiService()
+    # With Tor, everything that talks to the network starts behind a gate,
+    # once tor is ready (peernet.tor.service.TorGate).
+    gate = _tor_gate(reactor, config) if config.get("use-tor") else None
+    net_parent = gate or top
+    if gate is not None:
+        gate.setServiceParent(top)
     gossip = GossipService(
         reactor, identity, broadcasting=config["broadcast"], listen=config["listen"],
-        addresses=config["advertise"] or None, table=table,
-        target_links=config["links"], bind_address=config["bind-address"],
+        addresses=[] if config.get("onion-only") else (config["advertise"] or None),
+        table=table, target_links=config["links"], bind_address=config["bind-address"],
+        **(_tor_gossip_options(gate) if gate is not None else {}),
     )
+    gossip.dial_onions = gate is not None
     engine = TorrentEngine(
         reactor, state_dir, inbound=config["broadcast"],
         listen_interfaces=(f"{_listen_host(config['listen'])}:{config['torrent-port']}"
                            if config["broadcast"] else None),
         settings={"upload_rate_limit": config["upload-limit"] * 1024})
-    engine.setServiceParent(top)
+    engine.setServiceParent(net_parent)
     if config["broadcast"]:
         def torrent_addresses(host):
             return engine.ready.addCallback(
                 lambda _: [torrent_address(host, engine.listen_port())])
 
         gossip.extra_addresses = torrent_addresses
-    gossip.setServiceParent(top)
+        if config.get("onion"):
+            gossip.extra_addresses = _onion_addresses(gate, gossip, engine, state_dir,
+                                                      clearnet=not config["onion-only"])
+    gossip.setServiceParent(net_parent)
     repos = RepoService(reactor, gossip, engine, state_dir, config["downloads"],
                         initial_shares=config["share"])
-    repos.setServiceParent(top)
+    repos.setServiceParent(net_parent)
+    if gate is not None:
+        def tor_ready(runtime):
+            engine.add_settings(runtime.libtorrent_settings(inbound=config["broadcast"]))
+            repos.map_host = runtime.map_address
+
+        gate.on_ready = tor_ready
     gossip.when_started().addErrback(
         lambda f: _fatal(reactor, f"the gossip service could not start: {f.getErrorMessage()}"))
     SnapshotService(reactor, table, state_dir).setServiceParent(top)
@@ -205,10 +280,16 @@ def makeService(config, reactor=None):
         metrics_module.metrics_service(reactor, COMMAND, config["metrics"], registry,
                                        [peer_metrics.refresh]).setServiceParent(top)
 
-    clients = [BootstrapClient(reactor, url, identity if config["broadcast"] else None)
+    tor_http = {}
+    if gate is not None:
+        from peernet.tor.service import TorAgent
+
+        tor_http = {"agent": TorAgent(gate), "timeout": TOR_HTTP_TIMEOUT}
+    clients = [BootstrapClient(reactor, url, identity if config["broadcast"] else None,
+                               **tor_http)
                for url in config["bootstrap"]]
     announcer = BootstrapAnnouncer(reactor, clients, gossip, email=config["email"])
-    announcer.setServiceParent(top)
+    announcer.setServiceParent(net_parent)
 
     def on_change(change):
         if change.peer_id == identity.peer_id:
@@ -226,6 +307,67 @@ def makeService(config, reactor=None):
         control.setServiceParent(top)
         control.on_listening = lambda port: _write_control_url(state_dir, port)
     return top
+
+
+#: With Tor: a gossip dial (circuit, onion rendezvous, TLS, upgrade) and a
+#: bootstrap call may take this long.
+TOR_DIAL_TIMEOUT = 60.0
+TOR_HTTP_TIMEOUT = 60.0
+
+
+def _tor_gate(reactor, config):
+    """The TorGate of a --tor / --onion peer (launched or attached tor)."""
+    from peernet.tor.runtime import attach_tor, launch_tor
+    from peernet.tor.service import TorGate
+
+    def get_runtime():
+        if config["tor-control"] is not None:
+            return attach_tor(reactor, config["tor-control"], timeout=config["tor-timeout"],
+                              password_file=config["tor-control-password-file"])
+        return launch_tor(reactor, os.path.join(config["state-dir"], "tor"),
+                          extra_lines=config["torrc"], timeout=config["tor-timeout"])
+
+    return TorGate(get_runtime, on_ready=lambda runtime: None,
+                   on_failure=lambda message: _fatal(reactor, message))
+
+
+def _tor_gossip_options(gate):
+    return {"connect_endpoint": lambda host, port: gate.runtime.stream_endpoint(host, port),
+            "dial_timeout": TOR_DIAL_TIMEOUT}
+
+
+def _onion_addresses(gate, gossip, engine, state_dir, clearnet):
+    """GossipService.extra_addresses for --onion: publish the onion service for
+    the gossip and torrent ports, and announce it (plus the clearnet torrent
+    address unless onion-only)."""
+    from peernet.peer.repos import torrent_address
+    from peernet.peer.transport import gossip_address
+    from peernet.tor.onion import ONION_GOSSIP_PORT, ONION_TORRENT_PORT, OnionPublisher
+
+    publisher = OnionPublisher(lambda: gate.runtime, state_dir)
+
+    def local(host, port):
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def addresses(host):
+        await engine.ready
+        listening = gossip.listening_port.getHost()
+        onion = await publisher.publish(local(listening.host, listening.port),
+                                        local(_engine_host(engine), engine.listen_port()))
+        out = [torrent_address(host, engine.listen_port())] if clearnet else []
+        return out + [gossip_address(onion, ONION_GOSSIP_PORT),
+                      torrent_address(onion, ONION_TORRENT_PORT)]
+
+    from twisted.internet import defer
+
+    return lambda host: defer.ensureDeferred(addresses(host))
+
+
+def _engine_host(engine):
+    """The interface the torrent engine listens on (its first listen interface)."""
+    first = engine.listen_interfaces.split(",")[0]
+    return first.rpartition(":")[0].strip("[]") or "127.0.0.1"
 
 
 def _write_control_url(state_dir, port):

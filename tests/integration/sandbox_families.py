@@ -1,0 +1,61 @@
+"""Run a command with socket() refused for every address family but the
+named ones, the way systemd's RestrictAddressFamilies= does it (a seccomp
+filter answering EAFNOSUPPORT), so a unit's restriction can be tried on a
+machine whose PID 1 is not systemd.
+
+    python sandbox_families.py AF_INET,AF_INET6,AF_UNIX /path/to/program args...
+
+Uses libseccomp through ctypes (Debian's libseccomp2, which systemd itself
+needs); the filter is inherited by the exec'd program and its children.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import sys
+
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_EQ = 4
+#: Address families are small integers; Linux defines fewer than 50.
+MAX_FAMILY = 64
+
+
+class _Cmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+
+def restrict(allowed):
+    lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2")
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                           ctypes.c_uint, ctypes.POINTER(_Cmp)]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+    if not ctx:
+        raise OSError("seccomp_init failed")
+    socket_nr = lib.seccomp_syscall_resolve_name(b"socket")
+    refuse = 0x00050000 | errno.EAFNOSUPPORT  # SCMP_ACT_ERRNO(EAFNOSUPPORT)
+    for family in range(1, MAX_FAMILY):
+        if family in allowed:
+            continue
+        cmp = (_Cmp * 1)(_Cmp(0, SCMP_CMP_EQ, family, 0))
+        rc = lib.seccomp_rule_add_array(ctx, refuse, socket_nr, 1, cmp)
+        if rc != 0:
+            raise OSError(-rc, "seccomp_rule_add failed")
+    rc = lib.seccomp_load(ctx)
+    if rc != 0:
+        raise OSError(-rc, "seccomp_load failed")
+
+
+def main(argv):
+    families = {int(getattr(socket, name)) for name in argv[1].split(",")}
+    restrict(families)
+    os.execv(argv[2], argv[2:])
+
+
+if __name__ == "__main__":
+    main(sys.argv)

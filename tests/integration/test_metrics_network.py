@@ -142,7 +142,7 @@ def json_events(path):
     return events
 
 
-def run_json(tmp_path, name, args, wanted, timeout=30):
+def run_json(tmp_path, name, args, wanted, timeout=30, while_running=None):
     log = tmp_path / f"{name}.json"
     proc = subprocess.Popen(twist_command() + ["--log-format=json", "--log-file", str(log)] + args,
                             cwd=tmp_path, stdin=subprocess.DEVNULL)
@@ -152,6 +152,8 @@ def run_json(tmp_path, name, args, wanted, timeout=30):
             if log.exists():
                 events = json_events(log)
                 if all(any(w(e) for e in events) for w in wanted):
+                    if while_running is not None:
+                        while_running(events)
                     return events
             assert proc.poll() is None, f"{name} exited"
             time.sleep(0.1)
@@ -169,19 +171,22 @@ def test_json_logs_carry_structured_fields(tmp_path):
     def listening(e):
         return e.get("log_format") == "listening on {address}" and isinstance(e.get("port"), int)
 
+    def serving(events):
+        # It is serving what it says, on the port the field gives.
+        api = next(e for e in events if listening(e))
+        with urllib.request.urlopen(f"http://127.0.0.1:{api['port']}/api/bootstrap/health",
+                                    timeout=10) as r:
+            assert json.load(r)["status"] == "ok"
+
     events = run_json(tmp_path, "bootstrap", [
         "bootstrap", "--listen", "tcp:0:interface=127.0.0.1", "--db", str(tmp_path / "b.sqlite"),
-        "--metrics", "tcp:0:interface=127.0.0.1"], [listening, lambda e: "metrics on" in
-                                                    e.get("log_format", "")])
+        "--metrics", "tcp:0:interface=127.0.0.1"],
+        [listening, lambda e: "metrics on" in e.get("log_format", "")], while_running=serving)
     api = next(e for e in events if listening(e))
     assert api["port"] > 0 and api["address"] == f"127.0.0.1:{api['port']}"
     assert api["log_namespace"] == "peernet.cli" and api["log_level"]["name"] == "info"
     metrics = next(e for e in events if "metrics on" in e.get("log_format", ""))
     assert isinstance(metrics["port"], int) and metrics["port"] != api["port"]
-    # It is serving what it says.
-    with urllib.request.urlopen(f"http://127.0.0.1:{api['port']}/api/bootstrap/health",
-                                timeout=10) as r:
-        assert json.load(r)["status"] == "ok"
 
     events = run_json(tmp_path, "peer", [
         "peer", "--state-dir", str(tmp_path / "state"), "--broadcast",

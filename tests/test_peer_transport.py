@@ -362,6 +362,114 @@ async def test_broadcasting_peer_cut_off_for_abuse_is_refused(cluster):
     assert server.open_links() == []
 
 
+# -- (e2) scores: penalties, cut-off, cool-off, floods, link choice -----------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_frames_lower_the_score_then_cut_off_refused_and_accepted_after_cool_off(
+        cluster):
+    cool_off = 1.5
+    server = await cluster.node(refuse_seconds=cool_off)
+    abuser = await cluster.node()
+    abuser_id = abuser.identity.peer_id
+    abuser.add_seed_records([signed(server)])
+    await wait_until(lambda: server.core.links and all(
+        l.remote_broadcasting for l in server.core.links.values()), what="HELLO")
+    before = server.scores.total(abuser_id)
+    assert server.peer_score(abuser_id)["penalties"] == 0
+    link = abuser.open_links()[0]
+    link.protocol.sendMessage(b"\xc1not msgpack", isBinary=True)
+    await wait_until(lambda: server.scores.penalties(abuser_id) > 0, what="the first penalty")
+    assert server.scores.total(abuser_id) < before - 5
+    assert len(server.open_links()) == 1  # one bad frame costs score, not the link
+    # Keep sending garbage: the score falls below the cut-off, the link closes.
+    for _ in range(20):
+        if link.closing or link.lost:
+            break
+        link.protocol.sendMessage(b"\xc1not msgpack", isBinary=True)
+        await sleep(0.02)
+    await wait_until(lambda: server.scores.is_refused(abuser_id), what="the refusal")
+    snapshot = server.peer_score(abuser_id)
+    assert snapshot["total"] < constants.SCORE_CUT_OFF and snapshot["refused_until"] is not None
+    await wait_until(lambda: server.open_links() == [], what="the cut-off")
+    # During the cool-off its redials fail in the TLS handshake.
+    failures = abuser.planner.history(server.identity.peer_id).failures
+    await wait_until(lambda: abuser.planner.history(server.identity.peer_id).failures
+                     > failures, what="a refused redial")
+    assert server.open_links() == [] and server.scores.is_refused(abuser_id)
+    # After it, the peer is accepted again (its penalty has decayed a little,
+    # and the cap at refusal kept it at or above zero).
+    await wait_until(lambda: not server.scores.is_refused(abuser_id), timeout=cool_off + 1,
+                     what="the cool-off to end")
+    await wait_until(lambda: len(server.open_links()) == 1, timeout=WAIT,
+                     what="the link after the cool-off")
+    assert server.peer_score(abuser_id)["refused_until"] is None
+
+
+def _hello_and_heartbeats(count):
+    """A silent peer's HELLO, then ``count`` valid HEARTBEAT frames."""
+    from peernet.gossip import codec
+
+    now_ms = int(_reactor().seconds() * 1000)
+    hello = codec.encode(MessageType.HELLO, 0, codec.encode_body(MessageType.HELLO, {
+        "id": random.randbytes(16), "ts": now_ms, "versions": [constants.PROTOCOL_VERSION],
+        "bc": False, "repos": 0, "digest": bytes(16), "n": 0}))
+    beats = [codec.encode(MessageType.HEARTBEAT, constants.TTL_HEARTBEAT,
+                          codec.encode_body(MessageType.HEARTBEAT, {
+                              "id": random.randbytes(16), "ts": now_ms, "digest": bytes(16),
+                              "n": 0, "load": 0}))
+             for _ in range(count)]
+    return hello, beats
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_valid_frames_is_dropped_over_the_rate_and_cut_off(cluster):
+    server = await cluster.node()
+    flooder = await cluster.raw_client(server)
+    await _bounded(flooder.opened)
+    hello, beats = _hello_and_heartbeats(int(constants.FLOOD_BURST) + 1500)
+    flooder.sendMessage(hello, isBinary=True)
+    await wait_until(lambda: any(l.hello_received for l in server.core.links.values()),
+                     what="HELLO")
+    received = server.core.stats.received
+    for frame in beats:  # all at once: far above FLOOD_RATE
+        flooder.sendMessage(frame, isBinary=True)
+    assert await _bounded(flooder.closed) == CLOSE_POLICY_VIOLATION
+    handled = server.core.stats.received - received
+    print(f"flood: {handled} of {len(beats)} frames reached the core, "
+          f"{server.penalties_total} penalties")
+    # The core saw at most the burst plus what the rate refilled meanwhile.
+    assert handled < constants.FLOOD_BURST + 1000
+    assert server.core.stats.invalid == 0  # every penalty was for the rate
+    assert server.penalties_total >= constants.PENALTY_LIMIT
+    # The anonymous link's score is gone with the link; nothing names it.
+    assert not any(isinstance(k, tuple) for k in server.scores.keys())
+    # Others are still served.
+    other = await cluster.node(broadcasting=False)
+    other.add_seed_records([signed(server)])
+    await wait_until(lambda: len(other.open_links()) == 1, what="a good client")
+
+
+@pytest_twisted.ensureDeferred
+async def test_link_choice_prefers_high_scores(cluster):
+    servers = [await cluster.node() for _ in range(6)]
+    dialler = await cluster.node(broadcasting=False, target_links=3)
+    ids = [s.identity.peer_id for s in servers]
+    # Two peers with a fine record (fast round trips, good contacts); the
+    # others below neutral (dial failures long ago, their backoff over).
+    for good in ids[:2]:
+        for _ in range(3):
+            dialler.scores.contact(good, True)
+            dialler.scores.rtt(good, 0.001)
+    for bad in ids[2:]:
+        dialler.scores.contact(bad, False)
+    dialler.add_seed_records([signed(s) for s in servers])
+    await wait_until(lambda: len(dialler.open_links()) == 3, what="three links")
+    linked = {l.peer_id for l in dialler.open_links()}
+    assert set(ids[:2]) <= linked  # half (rounded up) by score: both good ones
+    assert len(linked - set(ids[:2])) == 1  # and one at random
+
+
 # -- (f) inbound cap -------------------------------------------------------------------------
 
 

@@ -9,7 +9,9 @@
   network (PEER_REQUEST), download from all of them at once, then check every
   file's SHA-256 against the manifest digest in the seeders' signed records
   before calling the download good.  Seeders caught sending bad data, or
-  whose record disagrees with what they serve, lose score.
+  whose record disagrees with what they serve, lose score; seeders are handed
+  to libtorrent best score first (refused ones last), and each seeder's
+  transfer rate of a good download counts towards its score.
 """
 
 import hashlib
@@ -153,7 +155,8 @@ class DownloadJob:
         self.id = next(self._ids)
         self.summary = summary
         self.dest = dest
-        self.seeders = seeders  # {(host, port): peer_id}
+        self.seeders = seeders  # {(host, port): peer_id}, best score first
+        self.started_at = None
         self.state = "starting"
         self.progress = 0.0
         self.rate = 0
@@ -338,9 +341,13 @@ class RepoService(Service):
         # Several copies under one name: take the one most seeders agree on,
         # then the one whose seeders score best.
         score = self.gossip.planner.score
-        best = max(groups.values(), key=lambda g: (
+        summary, seeders = max(groups.values(), key=lambda g: (
             len(set(g[1].values())), sum(score(p) for p in set(g[1].values()))))
-        return best
+        # libtorrent dials them in this order: best score first, a peer in
+        # its cool-off last (still a source if nobody else has the repo).
+        refused = self.gossip.planner.is_refused
+        order = sorted(seeders.items(), key=lambda item: (refused(item[1]), -score(item[1])))
+        return summary, dict(order)
 
     async def find(self, name=None, infohash=None, timeout=5.0):
         local = [e.record for e in self.gossip.core.table.live_broadcasting()]
@@ -368,6 +375,7 @@ class RepoService(Service):
             raise NotFound(f"no seeder of {name or infohash} can be reached through tor",
                            code="no_seeders")
         job = DownloadJob(summary, dest, seeders)
+        job.started_at = self.reactor.seconds()
         self.jobs[job.id] = job
         job.download = self.engine.download(summary, dest, peers=list(seeders))
         job.state = "downloading"
@@ -396,6 +404,15 @@ class RepoService(Service):
         job.rate = progress.rate
         self._notify(job)
 
+    def _score_transfers(self, job):
+        """Each seeder's mean payload rate over the download, for its score."""
+        elapsed = max(self.reactor.seconds() - job.started_at, 1e-3)
+        scores = self.gossip.planner.scores
+        for address, nbytes in job.download.sources.items():
+            peer_id = job.seeders.get(address)
+            if peer_id is not None and nbytes > 0:
+                scores.transfer(peer_id, nbytes, elapsed)
+
     def _bad_peer(self, job, address, reason):
         peer_id = job.seeders.get(address)
         log.warn("a seeder of {name} sent bad data ({reason}); its score drops",
@@ -421,11 +438,12 @@ class RepoService(Service):
                 files = await deferToThread(hash_files, root, paths)
             if expected and manifest_digest(files) != expected:
                 for peer_id in set(job.seeders.values()):
-                    self.gossip.planner.record_bad_data(peer_id)
+                    self.gossip.planner.record_bad_data(peer_id, "bad_manifest")
                 raise PeernetError(
                     "the downloaded files do not match the manifest in the seeders' signed "
                     "records; the data is not trusted", code="bad_manifest")
             job.files = files
+            self._score_transfers(job)
             job.state = "done"
             job.progress = 1.0
             log.info("downloaded {name}: {n} files verified", name=job.summary["name"], n=len(files))

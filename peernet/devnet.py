@@ -32,6 +32,10 @@ class NodeProcess:
     """One ``twist`` subprocess with its own log file."""
 
     kind = "node"
+    #: extra environment variables (e.g. PATH for tests without tor), and a
+    #: command prefix (e.g. ``ip netns exec NS``, which execs: same pid)
+    env = None
+    prefix = ()
 
     def __init__(self, workdir, args, name):
         self.workdir = workdir
@@ -46,9 +50,10 @@ class NodeProcess:
         self._offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                twist_command() + ["--log-format=text", self.kind] + self.args,
+                list(self.prefix) + twist_command() + ["--log-format=text", self.kind]
+                + self.args,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.workdir,
+                cwd=self.workdir, env=dict(os.environ, **self.env) if self.env else None,
             )
         return self
 
@@ -129,16 +134,23 @@ class BootstrapNode(NodeProcess):
 class PeerNode(NodeProcess):
     kind = "peer"
 
-    def __init__(self, workdir, name, *, broadcast, host, bootstraps=(), extra=()):
+    def __init__(self, workdir, name, *, broadcast, host, bootstraps=(), extra=(), env=None,
+                 prefix=(), start_timeout=START_TIMEOUT):
+        """``host``: a broadcasting peer listens there, a silent one dials from
+        there (None: no --bind-address, e.g. with --tor).  ``env``, ``prefix``:
+        see NodeProcess; ``start_timeout`` bounds the start (tor takes longer)."""
         self.state_dir = os.path.join(workdir, name)
         args = ["--state-dir", self.state_dir]
         for url in bootstraps:
             args += ["--bootstrap", url]
         if broadcast:
             args += ["--broadcast", "--listen", f"tcp:0:interface={host}"]
-        else:
+        elif host is not None:
             args += ["--bind-address", host]
         super().__init__(workdir, args + list(extra), name)
+        self.env = dict(env) if env else None
+        self.prefix = tuple(prefix)
+        self.start_timeout = start_timeout
         self.host = host
         self.broadcast = broadcast
         self.control_url = None
@@ -149,8 +161,8 @@ class PeerNode(NodeProcess):
         if os.path.exists(url_file):
             os.unlink(url_file)
         super().start()
-        self.wait_for_log(r"control API on http://")
-        deadline = time.monotonic() + START_TIMEOUT
+        self.wait_for_log(r"control API on http://", timeout=self.start_timeout)
+        deadline = time.monotonic() + self.start_timeout
         while not os.path.exists(url_file) and time.monotonic() < deadline:
             time.sleep(0.02)
         with open(url_file) as f:
@@ -158,7 +170,7 @@ class PeerNode(NodeProcess):
         with open(os.path.join(self.state_dir, "control.token")) as f:
             self.token = f.read().strip()
         if self.broadcast:
-            self.wait_for_log(r"gossip listening on port")
+            self.wait_for_log(r"gossip listening on port", timeout=self.start_timeout)
         return self
 
     # -- control API --------------------------------------------------------------

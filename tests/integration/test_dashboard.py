@@ -192,8 +192,13 @@ def test_dashboard_in_a_real_browser(tmp_path, browser):
         assert seen == sorted(seen, reverse=True) and len(seen) == 2
         assert row_ids()[0] == other_id, "peer2 re-published last"
         find('th button[data-sort="score"]').click()
-        scores = [float(c) for c in column("#peer-rows td.score")]
-        assert scores == sorted(scores, reverse=True)
+        scores = [float(c) for c in column("#peer-rows td.score", "data-total")]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 2
+        # The cell shows the total; its title the parts of the score.
+        shown = [float(c) for c in column("#peer-rows td.score")]
+        assert all(abs(a - b) <= 0.051 for a, b in zip(shown, scores)) and len(shown) == 2
+        assert all("availability" in t and "performance" in t
+                   for t in column("#peer-rows td.score", "title"))
         find("#peer-filter").send_keys("films")
         until(lambda: row_ids() == [seeder_id], "the filter keeps the peer sharing films")
         find("#peer-filter").clear()

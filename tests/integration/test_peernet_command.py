@@ -100,6 +100,11 @@ def test_status_peers_repos(net, tmp_path):
     peers = json.loads(ok(on(net.quiet, "--json", "peers", "--sort", "last-seen",
                              "--filter", net.peer.host)))["peers"]
     assert [p["peer_id"] for p in peers] == [net.peer_id]
+    score = peers[0]["score"]  # the score object of GET /api/peers
+    assert set(score) == {"total", "availability", "performance", "penalties", "refused_until"}
+    # The table's score column: total, then availability and performance in percent.
+    wide = ok(on(net.quiet, "peers", env_extra={"COLUMNS": "200"}))
+    assert re.search(r"\b\d+\.\d \(a \d+ %, p \d+ %\)", wide), wide
     assert json.loads(ok(on(net.quiet, "--json", "peers", "--filter", "no-such-peer")))["peers"] == []
     one_line_error(on(net.quiet, "peers", "--sort", "age"), 2)
 

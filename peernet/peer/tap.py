@@ -84,7 +84,11 @@ class Options(_Options):
 
     def opt_bootstrap(self, url):
         """Base URL of a bootstrap server (repeatable)."""
-        self["bootstrap"].append(check_http_url(url, "--bootstrap"))
+        from peernet.bootstrap.client import check_base_url
+
+        url = check_http_url(url, "--bootstrap")
+        check_base_url(url)  # plain http only to loopback/.onion: an option error, not a traceback
+        self["bootstrap"].append(url)
 
     def opt_advertise(self, address):
         """Address to announce: wss://HOST:PORT/gossip or HOST:PORT (repeatable; default: the --listen address)."""

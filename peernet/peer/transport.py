@@ -225,7 +225,7 @@ class GossipService(service.Service):
 
     def _start_done(self, outcome):
         if isinstance(outcome, defer.Failure):
-            if outcome.check(CannotListenError):
+            if outcome.check(CannotListenError, ConfigError):
                 # An operational error (port in use, permission denied): the
                 # caller reports it in one line; no traceback (log.failure is
                 # critical, which twist prints to stderr before logging begins).

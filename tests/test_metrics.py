@@ -11,7 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from conftest import registration
 from peernet import metrics
 from peernet.bootstrap.api import ROUTES, BootstrapAPI
 from peernet.bootstrap.store import BootstrapStore
@@ -23,6 +22,22 @@ from peernet.jsonapi import make_site
 from peernet.peer.links import GossipLink
 from peernet.peer.transport import GossipService
 from peernet.ratelimit import RateLimiter
+
+
+def registration():
+    """(identity, body, signature) of a signed register request (built here: a
+    ``from conftest import`` is ambiguous once tests/integration has one)."""
+    from peernet.records import make_record, new_nonce, sign_request
+
+    identity = NodeIdentity.generate()
+    ts = int(reactor.seconds() * 1000)
+    signed = make_record(identity, ["wss://127.0.0.1:8701/gossip"], is_bootstrap=True,
+                         is_broadcasting=True, version=1, issued_at_ms=ts)
+    body, sig = sign_request(identity, {
+        "type": "register", "peer_id": identity.peer_id,
+        "public_key": signed["record"]["public_key"], "signed_record": signed,
+        "timestamp": ts, "nonce": new_nonce()})
+    return identity, body, sig
 
 
 def samples(registry):

@@ -17,7 +17,7 @@ import random
 import peernet
 from peernet import constants
 from peernet.bootstrap.store import CodeIssued, Registration
-from peernet.errors import BadRequest, RateLimited
+from peernet.errors import BadRequest, BadSignature, RateLimited
 from peernet.jsonapi import JSONAPI, Raw, RawList, query_arguments
 from peernet.records import (
     SIGNATURE_HEADER,
@@ -146,8 +146,16 @@ class BootstrapAPI(JSONAPI):
 
 
 def _signature(request):
-    value = request.getHeader(SIGNATURE_HEADER)
-    return value.strip() if value else None
+    # Raw bytes: request.getHeader() decodes as UTF-8 and raises on anything
+    # else, which would surface as a 500 instead of a clear 400.
+    values = request.requestHeaders.getRawHeaders(SIGNATURE_HEADER.encode("ascii"))
+    if not values:
+        return None
+    try:
+        value = values[-1].decode("ascii")
+    except UnicodeDecodeError:
+        raise BadSignature(f"the {SIGNATURE_HEADER} header must be base64 (ASCII)")
+    return value.strip() or None
 
 
 def _limit_argument(request):

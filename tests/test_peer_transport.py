@@ -442,6 +442,7 @@ async def test_a_flood_of_valid_frames_is_dropped_over_the_rate_and_cut_off(clus
     assert handled < constants.FLOOD_BURST + 1000
     assert server.core.stats.invalid == 0  # every penalty was for the rate
     assert server.penalties_total >= constants.PENALTY_LIMIT
+    assert server.cut_offs_total == 1 and server.flood_dropped_total >= 400
     # The anonymous link's score is gone with the link; nothing names it.
     assert not any(isinstance(k, tuple) for k in server.scores.keys())
     # Others are still served.

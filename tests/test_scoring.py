@@ -132,7 +132,9 @@ def test_refusal_cool_off_doubles_for_repeat_offences_and_lapses(clock, scores):
     assert not scores.is_refused(A) and scores.snapshot(A)["refused_until"] is None
     # ... so after the cool-off the halved penalty has lifted it above the cut-off.
     assert scores.total(A) > constants.SCORE_CUT_OFF
+    assert scores.refused_count() == 0
     second = scores.refuse(A)
+    assert scores.refused_count() == 1
     assert second == clock.seconds() + 2 * constants.REFUSE_SECONDS
     for _ in range(20):
         scores.refuse(A)

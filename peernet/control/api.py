@@ -151,7 +151,12 @@ class ControlAPI(JSONAPI):
                       "digest": core.table.digest().hex()},
             "bootstrap": dict(self.announcer.last_results) if self.announcer else {},
             "stats": {"received": core.stats.received, "sent": core.stats.sent,
-                      "invalid": core.stats.invalid, "duplicates": core.stats.duplicates},
+                      "invalid": core.stats.invalid, "duplicates": core.stats.duplicates,
+                      # Abuse counters (no identities: inbound links may be silent peers).
+                      "penalties": self.gossip.penalties_total,
+                      "cut_offs": self.gossip.cut_offs_total,
+                      "flood_dropped": self.gossip.flood_dropped_total,
+                      "refused_peers": self.gossip.scores.refused_count()},
         }
 
     def handle_peers(self, request):

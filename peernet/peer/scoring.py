@@ -254,6 +254,10 @@ class PeerScores:
     def is_refused(self, key):
         return self.refused_until(key) is not None
 
+    def refused_count(self):
+        """How many peers are in a cool-off now."""
+        return sum(1 for key in list(self._scores) if self.refused_until(key) is not None)
+
     # -- reading ------------------------------------------------------------------------------
 
     def availability(self, key):

@@ -203,6 +203,9 @@ class GossipService(service.Service):
         #: raw inbound TCP connections (counted by the server protocol)
         self.inbound_connections = 0
         self.penalties_total = 0
+        #: links closed for a score below the cut-off; frames dropped over the rate
+        self.cut_offs_total = 0
+        self.flood_dropped_total = 0
         self.rejected_seed_records = 0
         #: optional callable(direction, frame), direction "in" or "out", for
         #: every binary frame received or sent on a link (metrics count them)
@@ -594,6 +597,7 @@ class GossipService(service.Service):
 
     def _cut_off(self, link, reason):
         """Close an abusive link; refuse its peer for a while if it broadcasts."""
+        self.cut_offs_total += 1
         remote = self._broadcasting_remote(link)
         if remote is not None:
             self.scores.refuse(remote)
@@ -693,6 +697,7 @@ class GossipService(service.Service):
             allowed, gap = meter.frame(self.reactor.seconds())
             if not allowed:
                 # Over the rate: dropped unread (no signature check spent on it).
+                self.flood_dropped_total += 1
                 if meter.flood_penalty_due():
                     self._penalize(link.id, "flood", f"{meter.excess} frames above the rate")
                 return

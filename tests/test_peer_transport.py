@@ -471,6 +471,38 @@ async def test_link_choice_prefers_high_scores(cluster):
     assert len(linked - set(ids[:2])) == 1  # and one at random
 
 
+@pytest_twisted.ensureDeferred
+async def test_network_search_results_come_best_score_first_and_links_are_measured(cluster):
+    server = await cluster.node()
+    sharers = [NodeIdentity.generate() for _ in range(4)]
+    now_ms = int(_reactor().seconds() * 1000)
+    records = [make_record(ident, [f"wss://127.0.0.{i + 2}:1/gossip"], version=1,
+                           issued_at_ms=now_ms, repos=[{"name": "films"}])
+               for i, ident in enumerate(sharers)]
+    assert server.add_seed_records(records) == 4
+    client = await cluster.node(broadcasting=False, target_links=1)
+    client.add_seed_records([signed(server)])
+    server_id = server.identity.peer_id
+    ids = [ident.peer_id for ident in sharers]
+    await wait_until(lambda: len(client.open_links()) == 1 and set(ids) <= table_ids(client),
+                     what="the link and the sharers' records")
+    # The client's own view of the sharers (scores are kept for peers in the
+    # table), as earlier downloads from them would have left it.
+    client.scores.rtt(ids[2], 0.001)
+    client.scores.rtt(ids[0], 0.05)
+    client.scores.penalize(ids[1], "bad_ttl")
+    # The WebSocket ping at opening measures the round trip (loopback: ~1 ms).
+    await wait_until(lambda: client.scores.parts(server_id)["rtt"] > 0.9, what="an RTT sample")
+    answers_before = client.scores.parts(server_id)["answers"]
+    results = await _bounded(client.search(repo="films", local=False, timeout=3, settle=0.3))
+    found = [r["record"]["peer_id"] for r in results]
+    assert found == [ids[2], ids[0], ids[3], ids[1]]
+    # The server answered on its link: its "answers" part went up.
+    assert client.scores.parts(server_id)["answers"] > answers_before
+    # And the server kept the silent client's link anonymous in its scores.
+    assert all(isinstance(k, tuple) for k in server.scores.keys() if k not in ids)
+
+
 # -- (f) inbound cap -------------------------------------------------------------------------
 
 

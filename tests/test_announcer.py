@@ -104,3 +104,53 @@ async def test_silent_node_never_registers_but_discovers(bootstrap):
         await silent.stopService()
         await pub_gossip.stopService()
     assert (await store.counts(reactor.seconds()))["peers"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_discover_retries_soon_while_the_network_is_empty(bootstrap):
+    """A silent peer started before anyone registered asks again after 2, 4, 8 ...
+    seconds (not the 60 s interval), so it finds the first publisher quickly."""
+    from peernet.peer.announcer import DISCOVER_EMPTY_RETRY, DISCOVER_INTERVAL
+
+    store, url = bootstrap
+    silent = GossipService(reactor, NodeIdentity.generate())
+    silent.startService()
+    await silent.when_started()
+    clock = task.Clock()
+    announcer = BootstrapAnnouncer(clock, [BootstrapClient(reactor, url)], silent)
+    publisher = NodeIdentity.generate()
+    pub_gossip = GossipService(reactor, publisher, broadcasting=True,
+                               listen="tcp:0:interface=127.0.0.1")
+    pub = BootstrapAnnouncer(reactor, [BootstrapClient(reactor, url, publisher)], pub_gossip)
+
+    def next_discover():
+        [call] = [c for c in clock.getDelayedCalls() if c.func == announcer.discover_if_needed]
+        return call.getTime() - clock.seconds()
+
+    try:
+        announcer.startService()
+        clock.advance(0)
+        delays = []
+        for _ in range(3):   # nobody registered: 2, 4, 8 s
+            assert await wait_for(lambda: any(c.func == announcer.discover_if_needed
+                                              for c in clock.getDelayedCalls()))
+            delays.append(next_discover())
+            clock.advance(delays[-1])
+        assert delays == [DISCOVER_EMPTY_RETRY, 2 * DISCOVER_EMPTY_RETRY, 4 * DISCOVER_EMPTY_RETRY]
+        pub_gossip.startService()
+        await pub_gossip.when_started()
+        pub.startService()
+        assert await wait_for(lambda: publisher.peer_id in store.live._entries)
+        assert await wait_for(lambda: any(c.func == announcer.discover_if_needed
+                                          for c in clock.getDelayedCalls()))
+        clock.advance(next_discover())
+        assert await wait_for(lambda: silent.core.table.get(publisher.peer_id) is not None)
+        # Someone known: back to the normal interval.
+        assert await wait_for(lambda: any(c.func == announcer.discover_if_needed
+                                          and c.getTime() - clock.seconds() == DISCOVER_INTERVAL
+                                          for c in clock.getDelayedCalls()))
+    finally:
+        await announcer.stopService()
+        await pub.stopService()
+        await silent.stopService()
+        await pub_gossip.stopService()

@@ -22,10 +22,15 @@ log = Logger()
 
 RETRY_DELAY = 30.0
 DISCOVER_INTERVAL = 60.0
+#: While discover finds nobody (a network that is just starting), ask again
+#: after this many seconds, doubling up to DISCOVER_INTERVAL.
+DISCOVER_EMPTY_RETRY = 2.0
 UNREGISTER_TIMEOUT = 5.0
 
 
 class BootstrapAnnouncer(Service):
+    _empty_discovers = 0
+
     def __init__(self, reactor, clients, gossip, *, email=None):
         """``clients``: BootstrapClient per server (with the node's identity
         when broadcasting); ``gossip``: the GossipService."""
@@ -139,4 +144,14 @@ class BootstrapAnnouncer(Service):
                     self.gossip.add_seed_records(seeds)
         finally:
             if self.running:
-                self._schedule("discover", DISCOVER_INTERVAL, self.discover_if_needed)
+                me = self.gossip.identity.peer_id
+                others = [e for e in self.gossip.core.table.live_broadcasting()
+                          if e.peer_id != me]
+                if others or self.gossip.open_links():
+                    self._empty_discovers = 0
+                    delay = DISCOVER_INTERVAL
+                else:
+                    delay = min(DISCOVER_INTERVAL,
+                                DISCOVER_EMPTY_RETRY * 2 ** self._empty_discovers)
+                    self._empty_discovers += 1
+                self._schedule("discover", delay, self.discover_if_needed)

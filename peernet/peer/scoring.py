@@ -370,7 +370,7 @@ class LinkMeter:
     against floods, and the WebSocket ping in flight (round trip)."""
 
     __slots__ = ("opened_at", "accounted_at", "last_frame", "tokens", "refilled_at",
-                 "excess", "ping_payload", "ping_sent_at", "rate", "burst")
+                 "excess", "ping_payload", "ping_sent_at", "rate", "burst", "peer_id")
 
     def __init__(self, now, rate=constants.FLOOD_RATE, burst=constants.FLOOD_BURST):
         self.opened_at = now
@@ -383,6 +383,9 @@ class LinkMeter:
         self.excess = 0
         self.ping_payload = None
         self.ping_sent_at = None
+        #: the broadcasting remote's peer_id once known (kept after the core
+        #: has forgotten the link, so its last events are scored too)
+        self.peer_id = None
 
     def frame(self, now):
         """Account one received frame: ``(allowed, gap)``.  ``allowed`` is

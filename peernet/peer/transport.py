@@ -592,8 +592,15 @@ class GossipService(service.Service):
 
     def _score_key(self, link):
         """A broadcasting remote's peer_id, else an opaque key for this link."""
+        meter = self._meters.get(link.id)
+        if meter is not None and meter.peer_id is not None:
+            return meter.peer_id
         remote = self._broadcasting_remote(link)
-        return remote if remote is not None else link_key(link.id)
+        if remote is None:
+            return link_key(link.id)
+        if meter is not None:
+            meter.peer_id = remote
+        return remote
 
     def _cut_off(self, link, reason):
         """Close an abusive link; refuse its peer for a while if it broadcasts."""
@@ -728,8 +735,8 @@ class GossipService(service.Service):
         if link.deadline is not None and link.deadline.active():
             link.deadline.cancel()
         link.deadline = None
-        meter = self._meters.pop(link.id, None)
         key = self._score_key(link)
+        meter = self._meters.pop(link.id, None)
         if meter is not None and not isinstance(key, tuple):
             # Uptime of a broadcasting peer's link; a drop nobody chose counts.
             dropped = link.outbound and not link.superseded and not link.closing

@@ -269,8 +269,16 @@ def makeService(config, reactor=None):
     repos.setServiceParent(net_parent)
     if gate is not None:
         def tor_ready(runtime):
-            engine.add_settings(runtime.libtorrent_settings(inbound=config["broadcast"]))
-            repos.map_host = runtime.map_address
+            if not config["broadcast"]:
+                engine.add_settings(runtime.libtorrent_settings())
+                repos.map_host = runtime.map_address
+            elif config["onion-only"]:
+                # libtorrent cannot both proxy and listen: an onion-only peer
+                # seeds through its onion service and dials no seeder itself
+                # (that would show its address); silent --tor peers download.
+                engine.add_settings({"enable_outgoing_tcp": False,
+                                     "enable_outgoing_utp": False})
+                repos.map_host = _no_onion_only_downloads
 
         gate.on_ready = tor_ready
     gossip.when_started().addErrback(
@@ -333,6 +341,13 @@ def _tor_gate(reactor, config):
 
     return TorGate(get_runtime, on_ready=lambda runtime: None,
                    on_failure=lambda message: _fatal(reactor, message))
+
+
+def _no_onion_only_downloads(host):
+    from peernet.errors import PeernetError
+
+    raise PeernetError("an onion-only peer dials no seeder (that would show its address); "
+                       "download with a silent --tor peer")
 
 
 def _tor_gossip_options(gate):

@@ -308,3 +308,16 @@ def test_a_good_download_credits_each_seeders_transfer_rate(clock, tmp_path):
     assert svc.scores.parts(ids[0])["transfer"] == pytest.approx(4 / 5)  # 4 MiB/s
     assert svc.scores.parts(ids[1])["transfer"] == pytest.approx(0.1 / 1.1)
     assert svc.scores.total(ids[0]) > svc.scores.total(ids[1])
+
+
+def test_a_dropped_link_costs_uptime_not_contact(clock):
+    scores = PeerScores(clock)
+    planner = DialPlanner(clock, random.Random(5), scores=scores)
+    planner.record_success(A)
+    planner.record_failure(A, dropped=True)  # the transport also reports the drop as uptime
+    scores.uptime(A, 60, dropped=True)
+    assert scores.parts(A)["contact"] == pytest.approx(2 / 3)
+    assert scores.parts(A)["uptime"] < 0.5
+    assert planner.history(A).failures == 1  # but it backs off all the same
+    planner.record_failure(B)
+    assert scores.parts(B)["contact"] == pytest.approx(1 / 3)

@@ -90,13 +90,16 @@ class DialPlanner:
         entry.next_attempt = 0.0
         self.scores.contact(peer_id, True)
 
-    def record_failure(self, peer_id):
-        """A dial failed or a link dropped; returns the backoff delay chosen."""
+    def record_failure(self, peer_id, dropped=False):
+        """A dial failed or (``dropped``) an open link dropped; returns the
+        backoff delay chosen.  Only a failed dial counts against the peer's
+        contact score: a drop is scored as uptime by the transport."""
         entry = self._entry(peer_id)
         entry.failures += 1
         now = self.clock.seconds()
         entry.last_failure = now
-        self.scores.contact(peer_id, False)
+        if not dropped:
+            self.scores.contact(peer_id, False)
         delay = self.backoff_delay(entry.failures)
         entry.next_attempt = now + delay
         return delay

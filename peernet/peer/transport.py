@@ -746,7 +746,7 @@ class GossipService(service.Service):
             log.info("gossip link {link_id} closed", link_id=link.id)
             self._execute(self.core.link_closed(link.id))
         if link.outbound and not link.superseded:
-            delay = self.planner.record_failure(link.peer_id)
+            delay = self.planner.record_failure(link.peer_id, dropped=link.opened)
             if link.opened:
                 log.info("link to {peer_id} dropped; redial in {delay:.2f} s",
                          peer_id=link.peer_id, delay=delay)

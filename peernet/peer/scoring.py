@@ -17,8 +17,9 @@ Each part is in [0, 1] and is 0.5 when nothing is known, so an unknown peer
 scores SCORE_NEUTRAL (50):
 
 * contact = (S + 1) / (S + F + 2): S successful and F failed dials;
-* uptime = (U + R) / (U + R + R (D + 1)): U seconds linked, D unexpected
-  drops, R = UPTIME_REFERENCE (a drop "costs" R seconds of uptime);
+* uptime = (U + R) / (U + R + R (D + 1)): U seconds linked, D drops (links
+  we dialled that closed without our closing them), R = UPTIME_REFERENCE
+  (a drop "costs" R seconds of uptime);
 * regularity = (H + 1) / (H + L + 2): H heartbeat intervals heard on time
   (frame gaps up to 1.5 heartbeat intervals, counted in intervals), L late
   gaps or links closed for missed heartbeats;

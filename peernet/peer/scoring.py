@@ -169,7 +169,7 @@ class PeerScores:
 
     def uptime(self, key, seconds, dropped=False):
         """``seconds`` more of a link to ``key`` being up; ``dropped``: the
-        link then went down without either side choosing to close it."""
+        link (one we dialled) then closed without our closing it."""
         s = self._get(key)
         now = self._now()
         if seconds > 0:

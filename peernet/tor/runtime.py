@@ -104,7 +104,10 @@ def read_torrc_lines(path):
 def parse_listeners(reply):
     """``GETINFO net/listeners/socks`` value -> [(host, port)] of TCP listeners."""
     out = []
-    for item in re.findall(r'"([^"]*)"|(\S+)', reply or ""):
+    reply = (reply or "").strip()
+    if reply.startswith("net/listeners/socks="):  # get_info_raw keeps the key
+        reply = reply[len("net/listeners/socks="):]
+    for item in re.findall(r'"([^"]*)"|(\S+)', reply):
         text = item[0] or item[1]
         if text.startswith("unix:"):
             continue
@@ -172,23 +175,28 @@ class TorRuntime:
             self.reactor, _TorEndpointFactory(self, tls_policy or BrowserLikePolicyForHTTPS()),
             pool=HTTPConnectionPool(self.reactor, persistent=False))
 
-    def libtorrent_settings(self, inbound):
-        """Settings that send all of libtorrent's traffic to the SOCKS port.
+    def libtorrent_settings(self):
+        """Settings that send all of a silent peer's BitTorrent traffic to the
+        SOCKS port.
 
-        ``inbound`` is false for a silent peer: anonymous mode then also
-        drops libtorrent's user agent and client version and closes every
-        listen socket.
+        libtorrent opens no listening socket once a proxy is set (a proxy
+        overrides listen_interfaces), so these are for silent peers only;
+        anonymous mode also drops its user agent and client version.  An
+        onion peer's engine listens on loopback for tor instead (see
+        peernet.peer.tap).
         """
         import libtorrent as lt
 
         host, port = self.socks
-        settings = {
+        return {
             "proxy_type": int(lt.proxy_type_t.socks5),
             "proxy_hostname": host,
             "proxy_port": int(port),
             "proxy_hostnames": True,
             "proxy_peer_connections": True,
             "proxy_tracker_connections": True,
+            "anonymous_mode": True,
+            "enable_incoming_tcp": False,
             "enable_dht": False,
             "enable_lsd": False,
             "enable_upnp": False,
@@ -196,10 +204,6 @@ class TorRuntime:
             "enable_incoming_utp": False,
             "enable_outgoing_utp": False,
         }
-        if not inbound:
-            settings["anonymous_mode"] = True
-            settings["enable_incoming_tcp"] = False
-        return settings
 
     @defer.inlineCallbacks
     def map_address(self, host):
@@ -426,13 +430,14 @@ def attach_tor(reactor, control, timeout=BOOTSTRAP_TIMEOUT, password_file=None):
     endpoint = check_control_endpoint(reactor, control)
     password_function = None
     if password_file is not None:
-        def password_function():
+        def read_password():
             try:
                 with open(password_file) as f:
                     return f.read().strip()
             except OSError as e:
                 raise TorUnavailable(f"cannot read the tor control password file "
                                      f"{password_file}: {e.strerror}")
+        password_function = read_password
     tor = yield _connect_control(reactor, endpoint, control, password_function)
     try:
         yield _wait_bootstrapped(reactor, tor, timeout, f"the tor at {control}")

@@ -3,7 +3,10 @@ named ones, the way systemd's RestrictAddressFamilies= does it (a seccomp
 filter answering EAFNOSUPPORT), so a unit's restriction can be tried on a
 machine whose PID 1 is not systemd.
 
-    python sandbox_families.py AF_INET,AF_INET6,AF_UNIX /path/to/program args...
+    python sandbox_families.py AF_INET,AF_INET6,AF_UNIX [--mdwe] /path/to/program args...
+
+``--mdwe`` also refuses memory that is both writable and executable
+(prctl PR_SET_MDWE, the kernel's form of MemoryDenyWriteExecute=yes).
 
 Uses libseccomp through ctypes (Debian's libseccomp2, which systemd itself
 needs); the filter is inherited by the exec'd program and its children.
@@ -51,10 +54,21 @@ def restrict(allowed):
         raise OSError(-rc, "seccomp_load failed")
 
 
+def deny_write_execute():
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE) failed (Linux >= 6.3 needed)")
+
+
 def main(argv):
     families = {int(getattr(socket, name)) for name in argv[1].split(",")}
+    program = argv[2:]
+    if program[0] == "--mdwe":
+        deny_write_execute()
+        program = program[1:]
     restrict(families)
-    os.execv(argv[2], argv[2:])
+    os.execv(program[0], program)
 
 
 if __name__ == "__main__":

@@ -172,9 +172,13 @@ def test_exec_start_names_the_entry_point_and_parses(tmp_path, name):
     assert "Usage:" in out.stdout and ("--db" in out.stdout or "--broadcast" in out.stdout)
 
 
-def start(argv, cwd, log_path, families=None):
-    if families is not None:
-        argv = [sys.executable, SANDBOX, ",".join(families)] + argv
+def start(argv, cwd, log_path, keys):
+    """Run a unit's command under its RestrictAddressFamilies= (and, if the unit
+    sets it, MemoryDenyWriteExecute=)."""
+    sandbox = [sys.executable, SANDBOX, ",".join(keys["RestrictAddressFamilies"].split())]
+    if keys.get("MemoryDenyWriteExecute") == "yes":
+        sandbox.append("--mdwe")
+    argv = sandbox + argv
     log = open(log_path, "wb")
     return subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
@@ -228,7 +232,7 @@ def test_units_run_and_a_broadcasting_peer_unregisters_on_sigterm(tmp_path):
             "PEERNET_BOOTSTRAP_ARGS=--metrics tcp:0:interface=127.0.0.1 --ttl 600"])
         workdir = state_dir_of(name, tmp_path)
         boot_log = tmp_path / "bootstrap.log"
-        boot = start(argv, workdir, boot_log, keys["RestrictAddressFamilies"].split())
+        boot = start(argv, workdir, boot_log, keys)
         procs.append(boot)
         port = int(log_match(boot_log, r"listening on 127\.0\.0\.1:(\d+)", boot).group(1))
         mport = int(log_match(boot_log, r"metrics on http://127\.0\.0\.1:(\d+)", boot).group(1))
@@ -248,7 +252,7 @@ def test_units_run_and_a_broadcasting_peer_unregisters_on_sigterm(tmp_path):
                 f"--bootstrap {url}"], instance="alice")
             workdir = state_dir_of(name, tmp_path, instance="alice")
             log_path = tmp_path / (name + ".log")
-            proc = start(argv, workdir, log_path, keys["RestrictAddressFamilies"].split())
+            proc = start(argv, workdir, log_path, keys)
             procs.append(proc)
             peers.append((proc, log_path, keys))
         for proc, log_path, _ in peers:

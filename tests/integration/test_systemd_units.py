@@ -8,11 +8,11 @@ not systemd allows:
   MAX_EXPOSURE;
 * each unit's ExecStart, expanded as systemd would (Environment= defaults, an
   options file, %S/%i specifiers, $VAR word splitting), names this venv's
-  `twist`, parses (``--help``), and really runs: the bootstrap unit serves
-  /health and /metrics; the peer units run under the unit's
-  RestrictAddressFamilies= (a seccomp filter, see sandbox_families.py),
-  register with that bootstrap, and on SIGTERM unregister and exit 0 well
-  within TimeoutStopSec=.
+  `twist`, parses (``--help``), and really runs under the unit's
+  RestrictAddressFamilies= and SystemCallFilter= (seccomp filters built the
+  way systemd builds them, see sandbox_families.py): the bootstrap unit serves
+  /health and /metrics; the peer units register with it, and on SIGTERM
+  unregister and exit cleanly well within TimeoutStopSec=.
 """
 
 import os
@@ -172,12 +172,54 @@ def test_exec_start_names_the_entry_point_and_parses(tmp_path, name):
     assert "Usage:" in out.stdout and ("--db" in out.stdout or "--broadcast" in out.stdout)
 
 
-def start(argv, cwd, log_path, keys):
-    """Run a unit's command under its RestrictAddressFamilies= (and, if the unit
-    sets it, MemoryDenyWriteExecute=)."""
+def syscall_groups():
+    """{"@group": [members]} as this systemd defines them."""
+    out = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    groups, current = {}, None
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = line.strip()
+            groups[current] = []
+        elif current and line.strip() and not line.strip().startswith("#"):
+            groups[current].append(line.strip())
+    return groups
+
+
+def _expand(groups, names):
+    out = set()
+    for name in names:
+        out |= _expand(groups, groups[name]) if name.startswith("@") else {name}
+    return out
+
+
+def allowed_syscalls(name):
+    """The system calls a unit's SystemCallFilter= lines leave allowed: the
+    allow-lists' union minus the ~deny-lists' union."""
+    groups = syscall_groups()
+    allow, deny = set(), set()
+    for key, value in directives(unit_text(name)):
+        if key == "SystemCallFilter":
+            if value.startswith("~"):
+                deny |= _expand(groups, value[1:].split())
+            else:
+                allow |= _expand(groups, value.split())
+    assert allow, f"{name} has no SystemCallFilter allow-list"
+    return sorted(allow - deny)
+
+
+def start(argv, cwd, log_path, keys, unit, tmp_path):
+    """Run a unit's command under its RestrictAddressFamilies=, SystemCallFilter=
+    (seccomp, see sandbox_families.py) and, if the unit sets it,
+    MemoryDenyWriteExecute=."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.fail("systemd-analyze is missing (scripts/test.sh installs systemd)", pytrace=False)
     sandbox = [sys.executable, SANDBOX, ",".join(keys["RestrictAddressFamilies"].split())]
     if keys.get("MemoryDenyWriteExecute") == "yes":
         sandbox.append("--mdwe")
+    syscalls = tmp_path / (unit + ".syscalls")
+    syscalls.write_text("\n".join(allowed_syscalls(unit)))
+    sandbox += ["--syscalls", str(syscalls)]
     argv = sandbox + argv
     log = open(log_path, "wb")
     return subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
@@ -232,7 +274,7 @@ def test_units_run_and_a_broadcasting_peer_unregisters_on_sigterm(tmp_path):
             "PEERNET_BOOTSTRAP_ARGS=--metrics tcp:0:interface=127.0.0.1 --ttl 600"])
         workdir = state_dir_of(name, tmp_path)
         boot_log = tmp_path / "bootstrap.log"
-        boot = start(argv, workdir, boot_log, keys)
+        boot = start(argv, workdir, boot_log, keys, name, tmp_path)
         procs.append(boot)
         port = int(log_match(boot_log, r"listening on 127\.0\.0\.1:(\d+)", boot).group(1))
         mport = int(log_match(boot_log, r"metrics on http://127\.0\.0\.1:(\d+)", boot).group(1))
@@ -252,7 +294,7 @@ def test_units_run_and_a_broadcasting_peer_unregisters_on_sigterm(tmp_path):
                 f"--bootstrap {url}"], instance="alice")
             workdir = state_dir_of(name, tmp_path, instance="alice")
             log_path = tmp_path / (name + ".log")
-            proc = start(argv, workdir, log_path, keys)
+            proc = start(argv, workdir, log_path, keys, name, tmp_path)
             procs.append(proc)
             peers.append((proc, log_path, keys))
         for proc, log_path, _ in peers:

@@ -203,6 +203,12 @@ def _fatal(reactor, message):
     """A start-up failure after option parsing: one line, exit status 1."""
     sys.stderr.write(f"{COMMAND}: error: {message}\n")
     sys.stderr.flush()
+    # Once the reactor runs, twist has turned sys.stderr into a log stream;
+    # the user still gets the line on the real stderr.
+    real = sys.__stderr__
+    if real is not None and sys.stderr is not real:
+        real.write(f"{COMMAND}: error: {message}\n")
+        real.flush()
     if reactor.running:
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         reactor.stop()

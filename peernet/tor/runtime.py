@@ -66,7 +66,6 @@ class TorUnavailable(PeernetError):
     """Tor is missing, unreachable, or did not bootstrap: the peer cannot start."""
 
     code = "tor_unavailable"
-    exit_status = 5
 
 
 def find_tor_binary(path=None):

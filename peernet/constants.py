@@ -107,6 +107,11 @@ MAX_REFUSE_SECONDS = 6 * 3600.0
 FLOOD_RATE = 1000.0
 FLOOD_BURST = 2000.0
 FLOOD_PENALTY_EVERY = 100
+#: Frames a node relays (forwards for others) to one link per second, and
+#: in a burst: half the receiver's limit, so a node that relays a storm
+#: drops the excess itself and is never taken for a flooder.
+RELAY_RATE = FLOOD_RATE / 2
+RELAY_BURST = FLOOD_BURST / 2
 #: WebSocket ping on every link this often (round-trip time), seconds.
 RTT_PROBE_INTERVAL = 30.0
 #: A round trip this long scores 0.5; a transfer rate this high (bytes/s)

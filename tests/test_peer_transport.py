@@ -452,6 +452,37 @@ async def test_a_flood_of_valid_frames_is_dropped_over_the_rate_and_cut_off(clus
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_node_relaying_a_storm_caps_its_relays_and_is_not_taken_for_a_flooder(cluster):
+    from peernet.gossip import codec
+
+    middle = await cluster.node()
+    honest = await cluster.node()
+    honest.add_seed_records([signed(middle)])
+    await wait_until(lambda: len(middle.open_links()) == 1 and len(honest.open_links()) == 1,
+                     what="the honest link")
+    storm = await cluster.raw_client(middle)
+    await _bounded(storm.opened)
+    hello, _ = _hello_and_heartbeats(0)
+    storm.sendMessage(hello, isBinary=True)
+    await wait_until(lambda: sum(l.hello_received for l in middle.core.links.values()) == 2,
+                     what="the storm's HELLO")
+    now_ms = int(_reactor().seconds() * 1000)
+    for _ in range(int(constants.FLOOD_BURST) + 1000):  # valid requests, nobody has the repo
+        body = codec.encode_body(MessageType.PEER_REQUEST, {
+            "id": random.randbytes(16), "ts": now_ms, "repo": "nobody-has-this"})
+        storm.sendMessage(codec.encode(MessageType.PEER_REQUEST, constants.TTL_REQUEST, body),
+                          isBinary=True)
+    assert await _bounded(storm.closed) == CLOSE_POLICY_VIOLATION  # the stormer is cut off
+    await sleep(0.5)
+    # The honest node saw nothing above its flood limit from the middle node ...
+    assert honest.flood_dropped_total == 0 and honest.penalties_total == 0
+    assert len(honest.open_links()) == 1
+    assert honest.scores.penalties(middle.identity.peer_id) == 0
+    # ... because the middle node relayed at most its relay budget and dropped the rest.
+    assert middle.relay_dropped_total > 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_link_choice_prefers_high_scores(cluster):
     servers = [await cluster.node() for _ in range(6)]
     dialler = await cluster.node(broadcasting=False, target_links=3)

@@ -193,6 +193,10 @@ def test_link_meter_rate_limit_and_flood_penalty_cadence(clock):
         meter.frame(clock.seconds())
         due.append(meter.flood_penalty_due())
     assert [i + 1 for i, d in enumerate(due) if d] == [1, 101, 201]
+    # Relays out on a link: RELAY_BURST at once, then RELAY_RATE per second.
+    sent = [meter.relay(clock.seconds()) for _ in range(int(constants.RELAY_BURST) + 10)]
+    assert sent.count(True) == constants.RELAY_BURST
+    assert constants.RELAY_RATE < constants.FLOOD_RATE  # below what a receiver tolerates
     clock.advance(5)
     ok, gap = meter.frame(clock.seconds())
     assert ok and gap == pytest.approx(5.0)

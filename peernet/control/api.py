@@ -156,6 +156,7 @@ class ControlAPI(JSONAPI):
                       "penalties": self.gossip.penalties_total,
                       "cut_offs": self.gossip.cut_offs_total,
                       "flood_dropped": self.gossip.flood_dropped_total,
+                      "relay_dropped": self.gossip.relay_dropped_total,
                       "refused_peers": self.gossip.scores.refused_count()},
         }
 

@@ -371,7 +371,8 @@ class LinkMeter:
     against floods, and the WebSocket ping in flight (round trip)."""
 
     __slots__ = ("opened_at", "accounted_at", "last_frame", "tokens", "refilled_at",
-                 "excess", "ping_payload", "ping_sent_at", "rate", "burst", "peer_id")
+                 "excess", "ping_payload", "ping_sent_at", "rate", "burst", "peer_id",
+                 "relay_tokens", "relay_refilled_at")
 
     def __init__(self, now, rate=constants.FLOOD_RATE, burst=constants.FLOOD_BURST):
         self.opened_at = now
@@ -387,6 +388,19 @@ class LinkMeter:
         #: the broadcasting remote's peer_id once known (kept after the core
         #: has forgotten the link, so its last events are scored too)
         self.peer_id = None
+        self.relay_tokens = constants.RELAY_BURST
+        self.relay_refilled_at = now
+
+    def relay(self, now):
+        """True if one more relayed frame may go out on this link now
+        (RELAY_RATE per second after a RELAY_BURST); False: drop it."""
+        self.relay_tokens = min(constants.RELAY_BURST, self.relay_tokens
+                                + (now - self.relay_refilled_at) * constants.RELAY_RATE)
+        self.relay_refilled_at = now
+        if self.relay_tokens >= 1.0:
+            self.relay_tokens -= 1.0
+            return True
+        return False
 
     def frame(self, now):
         """Account one received frame: ``(allowed, gap)``.  ``allowed`` is

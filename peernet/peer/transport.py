@@ -206,6 +206,8 @@ class GossipService(service.Service):
         #: links closed for a score below the cut-off; frames dropped over the rate
         self.cut_offs_total = 0
         self.flood_dropped_total = 0
+        #: frames we would have relayed to a link above RELAY_RATE (dropped)
+        self.relay_dropped_total = 0
         self.rejected_seed_records = 0
         #: optional callable(direction, frame), direction "in" or "out", for
         #: every binary frame received or sent on a link (metrics count them)
@@ -718,13 +720,24 @@ class GossipService(service.Service):
             # A bug, not the peer's fault; keep the node running.
             log.failure("gossip core failed on a frame from link {link_id}", link_id=link.id)
             return
+        now = self.reactor.seconds()
+        kept = []
         for action in actions:
             if isinstance(action, SearchAnswer):
                 search = self._searches.get(action.request_id)
                 if search is not None and link.id in search.asked:
                     search.asked.discard(link.id)  # one answer per link and search
                     self.scores.answered(self._score_key(link))
-        self._execute(actions)
+            elif isinstance(action, Send) and action.link != link.id:
+                # A frame received on one link and sent on another is a relay:
+                # capped per link below the receivers' flood limit, so relaying
+                # someone's storm never makes this node look like a flooder.
+                out = self._meters.get(action.link)
+                if out is not None and not out.relay(now):
+                    self.relay_dropped_total += 1
+                    continue
+            kept.append(action)
+        self._execute(kept)
 
     def link_lost(self, link):
         if link.lost:

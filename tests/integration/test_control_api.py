@@ -202,9 +202,8 @@ def test_every_endpoint_matches_the_document(net, tmp_path):
     status = ok(seeder, "GET", "status")
     assert status["peer_id"] == net.seeder_id and status["broadcasting"]
     # Abuse counters: nobody misbehaved in this network.
-    assert {k: status["stats"][k] for k in ("penalties", "cut_offs", "flood_dropped",
-                                            "refused_peers")} == dict.fromkeys(
-        ("penalties", "cut_offs", "flood_dropped", "refused_peers"), 0)
+    counters = ("penalties", "cut_offs", "flood_dropped", "relay_dropped", "refused_peers")
+    assert {k: status["stats"][k] for k in counters} == dict.fromkeys(counters, 0)
     assert ok(quiet, "GET", "status")["broadcasting"] is False
     error(seeder, "GET", "status", token=False, status=401, code="bad_token")
     error(seeder, "GET", "status", token=False, headers={"Authorization": "Bearer nope"},

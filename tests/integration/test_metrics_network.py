@@ -18,7 +18,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from peernet.devnet import BootstrapNode, DevNet, twist_command
+from peernet.devnet import BootstrapNode, DevNet, PeerNode, twist_command
+from pg_fixture import postgres_cluster, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 METRICS = ["--metrics", "tcp:0:interface=127.0.0.1"]
@@ -129,6 +130,28 @@ def test_metrics_move_on_a_real_network(tmp_path):
                        code="200") == 1
             assert boot.health()["peers"] == 1
     finally:
+        boot.stop()
+
+
+def test_bootstrap_metrics_with_a_postgresql_store(tmp_path, postgres_url):
+    """The registration figures come from the store's own counts, so they work
+    for the shared PostgreSQL store as for SQLite."""
+    boot = BootstrapNode(str(tmp_path / "boot"), db_path=postgres_url, extra=METRICS)
+    peer = None
+    try:
+        boot.start()
+        peer = PeerNode(str(tmp_path / "net"), "alice", broadcast=True, host="127.0.0.44",
+                        bootstraps=[boot.url]).start()
+        found, _ = wait_metric(boot, lambda f: get(
+            f, "peernet_bootstrap_registrations", kind="all") == 1, "the registration")
+        assert get(found, "peernet_bootstrap_store_up") == 1
+        assert get(found, "peernet_bootstrap_requests_total", endpoint="register", code="200") >= 1
+        peer.stop()
+        wait_metric(boot, lambda f: get(f, "peernet_bootstrap_registrations", kind="all") == 0,
+                    "the unregistration")
+    finally:
+        if peer is not None:
+            peer.stop()
         boot.stop()
 
 

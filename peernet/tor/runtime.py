@@ -476,11 +476,16 @@ class _TorProcess(protocol.ProcessProtocol):
 
     def complaint(self):
         """tor's last error (or warning) line, without its time stamp."""
-        for level in ("[err]", "[warn]"):
+        def last(level):
             for line in reversed(self.lines):
                 if level in line:
                     return line.split(level, 1)[1].strip()
-        return self.lines[-1] if self.lines else "no output"
+            return None
+
+        err, warn = last("[err]"), last("[warn]")
+        if err and not (warn and "warnings above" in err):
+            return err
+        return warn or err or (self.lines[-1] if self.lines else "no output")
 
 
 @defer.inlineCallbacks

@@ -1,0 +1,147 @@
+"""`twist peer --tor/--onion` start-up failures, with real subprocesses and a real
+tor: one line on stderr, a non-zero exit, no traceback, no tor left behind.
+
+No private Tor network is needed here: each case is a tor that cannot be had
+(not installed, nothing at the control port, no directory authority reachable)
+or an option combination refused before anything starts.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from peernet.devnet import twist_command
+
+pytestmark = pytest.mark.slow
+
+# A directory authority nobody runs (a closed loopback port): a tor given this
+# is a valid configuration that can never bootstrap, and never tries the
+# public Tor network either.
+UNREACHABLE_NETWORK = [
+    "TestingTorNetwork 1",
+    "DirAuthority nobody orport=1 no-v2 v3ident=" + "A" * 40 + " 127.0.0.1:1 " + "B" * 40,
+]
+
+
+def run(tmp_path, *args, env=None, timeout=90):
+    return subprocess.run(
+        twist_command() + ["peer", "--state-dir", str(tmp_path / "state"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
+        stdin=subprocess.DEVNULL, env=env)
+
+
+def one_line_error(out, *words):
+    assert out.returncode != 0, out
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout[-3000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("twist peer: error:"), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def tor_processes_of(state_dir):
+    """pids of tor processes whose torrc lives under ``state_dir``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"tor") and any(str(state_dir).encode() in a for a in argv):
+            found.append(int(pid))
+    return found
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--tor", "--broadcast"], "--tor is for silent peers"),
+    (["--onion"], "--onion needs --broadcast"),
+    (["--onion-only"], "--onion needs --broadcast"),
+    (["--tor-control", "tcp:127.0.0.1:9051"], "--tor-control needs --tor or --onion"),
+    (["--torrc", "x"], "--torrc needs --tor or --onion"),
+    (["--tor", "--bind-address", "127.0.0.1"], "--bind-address has no use with --tor"),
+    (["--tor", "--tor-control", "nonsense:1"], "--tor-control"),
+    (["--tor", "--tor-control", "tcp:127.0.0.1:9051", "--torrc", "/dev/null"], "--torrc"),
+    (["--tor", "--tor-timeout", "0"], "--tor-timeout"),
+    (["--tor", "--torrc", "/nonexistent/torrc"], "cannot read"),
+    (["--broadcast", "--onion-only", "--advertise", "127.0.0.1:8701"], "--onion-only"),
+])
+def test_bad_tor_options_are_refused_in_one_line(tmp_path, args, words):
+    out = run(tmp_path, *args)
+    one_line_error(out, words)
+    assert out.returncode == 2
+    assert not (tmp_path / "state" / "identity").exists()
+
+
+@pytest.mark.parametrize("args", [["--tor"], ["--broadcast", "--onion-only"]])
+def test_without_tor_installed(tmp_path, args):
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = dict(os.environ, PATH=str(empty))
+    out = run(tmp_path, *args, "--listen", "tcp:0:interface=127.0.0.1", env=env) \
+        if "--broadcast" in args else run(tmp_path, *args, env=env)
+    one_line_error(out, "no tor program found on PATH")
+    assert out.returncode == 2
+
+
+def test_control_port_with_nothing_listening(tmp_path):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # now nothing listens there
+    out = run(tmp_path, "--tor", "--tor-control", f"tcp:127.0.0.1:{port}")
+    one_line_error(out, "cannot reach the tor control port", str(port), "connection refused")
+    assert out.returncode == 1
+
+
+def test_control_socket_that_does_not_exist(tmp_path):
+    out = run(tmp_path, "--broadcast", "--onion-only", "--tor-control",
+              f"unix:{tmp_path}/no-such-control.sock")
+    one_line_error(out, "cannot reach the tor control port", "no such socket")
+    assert out.returncode == 1
+
+
+def test_tor_that_cannot_bootstrap_gives_up_after_the_timeout(tmp_path):
+    torrc = tmp_path / "unreachable.torrc"
+    torrc.write_text("\n".join(UNREACHABLE_NETWORK) + "\n")
+    t0 = time.monotonic()
+    out = run(tmp_path, "--tor", "--torrc", str(torrc), "--tor-timeout", "4")
+    elapsed = time.monotonic() - t0
+    one_line_error(out, "did not finish bootstrapping within 4 s", "--tor-timeout")
+    assert out.returncode == 1
+    assert 3.5 < elapsed < 40, elapsed
+    # the private tor it launched is gone with it
+    deadline = time.monotonic() + 10
+    while tor_processes_of(tmp_path / "state") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert tor_processes_of(tmp_path / "state") == []
+
+
+def test_tor_refusing_its_configuration_is_named(tmp_path):
+    torrc = tmp_path / "bad.torrc"
+    torrc.write_text("NoSuchTorOption 1\n")
+    out = run(tmp_path, "--tor", "--torrc", str(torrc), "--tor-timeout", "30")
+    line = one_line_error(out, "tor exited at start")
+    assert "NoSuchTorOption" in line
+    assert out.returncode == 1
+
+
+def test_help_documents_the_tor_options(tmp_path):
+    out = subprocess.run(twist_command() + ["peer", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0
+    for option in ("--tor", "--onion", "--onion-only", "--tor-control", "--torrc",
+                   "--tor-timeout", "--tor-control-password-file"):
+        assert option in out.stdout, option
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from peernet.devnet import BootstrapNode, DevNet, PeerNode, twist_command
-from pg_fixture import postgres_cluster, postgres_url  # noqa: F401  (fixtures)
+from pg_fixture import PostgresCluster
 
 pytestmark = pytest.mark.slow
 METRICS = ["--metrics", "tcp:0:interface=127.0.0.1"]
@@ -133,10 +133,20 @@ def test_metrics_move_on_a_real_network(tmp_path):
         boot.stop()
 
 
-def test_bootstrap_metrics_with_a_postgresql_store(tmp_path, postgres_url):
+@pytest.fixture
+def postgres_db():
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster.create_database()
+    finally:
+        cluster.destroy()
+
+
+def test_bootstrap_metrics_with_a_postgresql_store(tmp_path, postgres_db):
     """The registration figures come from the store's own counts, so they work
     for the shared PostgreSQL store as for SQLite."""
-    boot = BootstrapNode(str(tmp_path / "boot"), db_path=postgres_url, extra=METRICS)
+    boot = BootstrapNode(str(tmp_path / "boot"), db_path=postgres_db, extra=METRICS)
     peer = None
     try:
         boot.start()

@@ -90,18 +90,23 @@ def test_single_host_section_as_written(tmp_path):
         assert len(open(pid_file).read().split()) == 3
         # The guide's checks, once the three have started (the silent peer
         # rediscovers within seconds once alice has registered).
+        def shows_everything(out):
+            return (out.returncode == 0
+                    and '"peers":1' in out.stdout.replace(" ", "")
+                    and "broadcasting" in out.stdout and "notes" in out.stdout
+                    and re.search(r"peernet_bootstrap_registrations\{kind=\"all\"\} 1\.0",
+                                  out.stdout))
+
         deadline = time.monotonic() + 60
         while True:
-            out = subprocess.run(["bash", "-c", f"cd {work} && {checks}"], env=env,
+            # -e: every command of the block must succeed, not only the last one.
+            out = subprocess.run(["bash", "-ec", f"cd {work}\n{checks}"], env=env,
                                  capture_output=True, text=True, timeout=120,
                                  stdin=subprocess.DEVNULL)
-            if out.returncode == 0 or time.monotonic() > deadline:
+            if shows_everything(out) or time.monotonic() > deadline:
                 break
             time.sleep(1)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert '"peers":1' in out.stdout.replace(" ", "")
-        assert "broadcasting" in out.stdout and "notes" in out.stdout
-        assert re.search(r"peernet_bootstrap_registrations\{kind=\"all\"\} 1\.0", out.stdout)
+        assert shows_everything(out), out.stdout[-3000:] + out.stderr[-3000:]
         with open(os.path.join(work, "downloads", "notes", "readme.txt")) as f:
             assert f.read() == "hello\n"
         # Stopping as the guide says: peers first, then the bootstrap server.

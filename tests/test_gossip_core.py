@@ -8,7 +8,7 @@ import pytest
 from peernet import constants
 from peernet.gossip import codec
 from peernet.gossip.codec import MessageType as T
-from peernet.gossip.core import GossipCore, Penalty, Send, TableChange
+from peernet.gossip.core import Close, GossipCore, Penalty, Send, TableChange
 from peernet.gossip.memnet import HeapClock, MemoryNetwork
 from peernet.identity import NodeIdentity
 
@@ -298,6 +298,29 @@ def test_messages_before_hello_are_refused():
                                            "digest": b"d" * 16, "n": 0, "load": 0})
     actions = me.receive("L", codec.encode(T.HEARTBEAT, 1, body))
     assert penalties(actions) == ["no_hello"]
+
+
+def test_a_link_without_a_valid_hello_closes_hello_timeout_after_opening():
+    """Refused frames (here: a HELLO from a clock 40 s ahead, repeated) do not
+    keep a link that never said a valid HELLO open, and the close says why."""
+    clock = HeapClock(START)
+    me = GossipCore(NodeIdentity.generate(), clock, random.Random(1))
+    ahead_clock = HeapClock(START + 40)
+    ahead = GossipCore(NodeIdentity.generate(), ahead_clock, random.Random(2))
+    me.link_opened("L", False, None)
+    assert me.next_wakeup() <= START + constants.HELLO_TIMEOUT
+    for _ in range(int(constants.HELLO_TIMEOUT) - 1):
+        clock.advance(1.0)
+        ahead_clock.advance(1.0)
+        hello = ahead.link_opened("X", True, None)[0].frame
+        penalty = next(a for a in me.receive("L", hello) if isinstance(a, Penalty))
+        assert penalty.code == "stale_timestamp"
+        assert "+40 s off this node's clock, outside the \u00b130 s window" in penalty.detail
+        assert not [a for a in me.tick() if isinstance(a, Close)]
+    clock.advance(1.0)
+    closes = [a for a in me.tick() if isinstance(a, Close)]
+    assert closes == [Close("L", "no valid HELLO in time")]
+    assert "L" not in me.links
 
 
 def test_snapshot_round_trip_reverifies_records(tmp_path):

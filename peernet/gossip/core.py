@@ -313,7 +313,9 @@ class GossipCore:
                 raise PeernetError("the first message on a link must be HELLO", code="no_hello")
             skew = msg.body["ts"] / 1000.0 - self.now()
             if abs(skew) > constants.CLOCK_SKEW_SECONDS:
-                raise PeernetError(f"timestamp {skew:+.0f} s off", code="stale_timestamp")
+                raise PeernetError(
+                    f"its timestamp is {skew:+.0f} s off this node's clock, outside the "
+                    f"\u00b1{constants.CLOCK_SKEW_SECONDS} s window", code="stale_timestamp")
             if msg.type in codec.RELAYED_TYPES and self.dedup.seen(msg.id):
                 self.stats.duplicates += 1
                 return []
@@ -582,8 +584,8 @@ class GossipCore:
         times = [self._next_expiry_check]
         for link in self.links.values():
             times.append(link.last_heartbeat_sent + constants.HEARTBEAT_INTERVAL)
-            times.append(link.last_heard + (constants.LINK_DEAD_AFTER if link.hello_received
-                                            else constants.HELLO_TIMEOUT))
+            times.append(link.last_heard + constants.LINK_DEAD_AFTER if link.hello_received
+                         else link.opened_at + constants.HELLO_TIMEOUT)
             if link.ping_due is not None:
                 times.append(link.ping_due)
         if self.broadcasting and self.own is not None:
@@ -597,8 +599,11 @@ class GossipCore:
         digest = self.table.digest()
         for link in list(self.links.values()):
             silent_for = now - link.last_heard
-            if silent_for >= constants.LINK_DEAD_AFTER or (
-                    not link.hello_received and silent_for >= constants.HELLO_TIMEOUT):
+            if not link.hello_received and now - link.opened_at >= constants.HELLO_TIMEOUT:
+                actions.append(Close(link.id, "no valid HELLO in time"))
+                self.link_closed(link.id)
+                continue
+            if silent_for >= constants.LINK_DEAD_AFTER:
                 actions.append(Close(link.id, "missed heartbeats"))
                 self.link_closed(link.id)
                 continue

@@ -203,6 +203,8 @@ class GossipService(service.Service):
         #: raw inbound TCP connections (counted by the server protocol)
         self.inbound_connections = 0
         self.penalties_total = 0
+        #: links already warned about a clock outside the window (one line each)
+        self._clock_warned = set()
         #: links closed for a score below the cut-off; frames dropped over the rate
         self.cut_offs_total = 0
         self.flood_dropped_total = 0
@@ -589,6 +591,13 @@ class GossipService(service.Service):
         self.penalties_total += 1
         log.debug("gossip link {link_id}: penalty {code} ({detail})",
                   link_id=link.id, code=code, detail=detail[:200])
+        if code == "stale_timestamp" and link.id not in self._clock_warned:
+            # A clock outside the window silences a peer entirely (every
+            # message refused): one clear line per link, for the operator.
+            self._clock_warned.add(link.id)
+            log.warn("gossip link {link_id}: message refused: {detail} (is this machine's "
+                     "or the other peer's clock wrong? check NTP)", link_id=link.id,
+                     detail=detail[:200])
         if self.scores.penalize(self._score_key(link), code):
             self._cut_off(link, "score below the cut-off (invalid or abusive messages)")
 
@@ -745,6 +754,7 @@ class GossipService(service.Service):
         link.lost = True
         link.connect_deferred = None
         self._links.pop(link.id, None)
+        self._clock_warned.discard(link.id)
         if link.deadline is not None and link.deadline.active():
             link.deadline.cancel()
         link.deadline = None

@@ -171,12 +171,13 @@ def makeService(config, reactor=None):
     # that arrive before the store is open wait in its queue behind open().
     for description in config["listen"]:
         ListeningService(reactor, COMMAND, description, site).setServiceParent(top)
-    StoreService(store, config["federate"]).setServiceParent(top)
     if metrics is not None:
-        # After the API listeners, so their "listening on" lines come first.
+        # After the API listeners (their "listening on" lines come first) and
+        # before the store (a port in use must exit before its thread exists).
         metrics_module.metrics_service(
             reactor, COMMAND, config["metrics"], registry,
             [lambda: metrics.refresh(reactor)]).setServiceParent(top)
+    StoreService(store, config["federate"]).setServiceParent(top)
 
     def sweep():
         d = store.sweep(reactor.seconds())

@@ -233,3 +233,32 @@ def test_json_logs_carry_structured_fields(tmp_path):
     with open(tmp_path / "state" / "control.url") as f:
         assert f.read().strip() == f"http://127.0.0.1:{control['port']}"
     assert not re.search(r"Traceback", (tmp_path / "peer.json").read_text())
+
+
+def test_bad_metrics_endpoint_is_one_line(tmp_path):
+    for command in (["bootstrap", "--db", str(tmp_path / "b.sqlite")],
+                    ["peer", "--state-dir", str(tmp_path / "s")]):
+        out = subprocess.run(twist_command() + command + ["--metrics", "foo:1"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2
+        assert out.stderr.strip() == (f"twist {command[0]}: error: bad endpoint 'foo:1': "
+                                      "Unknown endpoint type: 'foo'")
+    # A port in use: one line, exit status 1, at once (no thread left behind
+    # to keep a dying process alive).
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for command in (["bootstrap", "--listen", "tcp:0:interface=127.0.0.1",
+                         "--db", str(tmp_path / "b.sqlite")],
+                        ["peer", "--state-dir", str(tmp_path / "s"), "--broadcast",
+                         "--listen", "tcp:0:interface=127.0.0.45"]):
+            out = subprocess.run(
+                twist_command() + command + ["--metrics", f"tcp:{port}:interface=127.0.0.1"],
+                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 1
+            assert (f"twist {command[0]}: error: cannot listen on tcp:{port}:interface=127.0.0.1:"
+                    in out.stderr)
+            assert "Traceback" not in out.stderr + out.stdout

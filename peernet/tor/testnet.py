@@ -46,6 +46,11 @@ COMMON_LINES = [
     "LearnCircuitBuildTimeout 0",
     "CircuitBuildTimeout 60",
     "NumCPUs 1",
+    # Full descriptors, not microdescriptors: a microdescriptor summarises an
+    # exit policy for the public internet only, so exits for 127.0.0.0/8 alone
+    # would look like no exits at all (tor ticket 11264) and clients could not
+    # reach loopback services.
+    "UseMicrodescriptors 0",
 ]
 
 # Relays (authorities included) are exits for loopback only: clients reach
@@ -106,6 +111,19 @@ def free_ports(count):
             s.close()
 
 
+def _die_with_parent():
+    """In the child before exec: SIGTERM when the process that started it dies.
+
+    Belt and braces with __OwningControllerProcess (which some tor roles, e.g.
+    directory authorities, were seen to outlive): a crashed test run must not
+    leave tor processes behind."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def log_tail(path, lines=25):
     try:
         with open(path, "rb") as f:
@@ -152,7 +170,7 @@ class TorProcess:
             self.proc = subprocess.Popen(
                 [tor_binary(), "-f", self.torrc_path, "--ignore-missing-torrc"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=self.workdir,
+                env=env, cwd=self.workdir, preexec_fn=_die_with_parent,
             )
         return self
 

@@ -95,11 +95,14 @@ def attack(net, name, *args, expect_cut_off=True, linger=15, during=True):
 
 def assert_cut_off(target, watch, result):
     attacker = result["peer_id"]
-    assert result["closed_by_target"] and result["close_code"] == 4008, result
+    summary = {k: result.get(k) for k in ("sent", "closed_by_target", "close_code",
+                                           "close_reason", "retry")}
+    assert result["closed_by_target"] and result["close_code"] == 4008, \
+        f"the attacker was not cut off: {summary}"
     log = watch.new_log(target)
     assert CUT_OFF_LINE in log, log[-3000:]
     assert f"TLS peer {attacker} refused" in log, log[-3000:]
-    assert result["retry"] == "refused", result
+    assert result["retry"] == "refused", f"the attacker's key was not refused: {summary}"
     score = peer_entry(target, attacker)["score"]
     assert score["refused_until"] is not None and score["refused_until"] > time.time(), score
     assert score["penalties"] > 0 and score["total"] < constants.SCORE_CUT_OFF, score

@@ -308,6 +308,27 @@ class PrivateTorNetwork:
             raise TorNetworkError("the private Tor network is not started")
         return list(COMMON_LINES) + list(self.dir_authority_lines)
 
+    def description(self):
+        """What another process needs to join this network (JSON-able); see attach()."""
+        if not self.dir_authority_lines:
+            raise TorNetworkError("the private Tor network is not started")
+        return {"dir_authority_lines": list(self.dir_authority_lines),
+                "ready_after": self.ready_after,
+                "relays": [p.name for p in self.authorities + self.relays]}
+
+    @classmethod
+    def attach(cls, description, workdir):
+        """A handle on a network another process started (``description()``).
+
+        It starts and stops only its own client tors (in ``workdir``); the
+        authorities and relays stay with the process that started them.
+        """
+        network = cls(workdir)
+        network.dir_authority_lines = list(description["dir_authority_lines"])
+        network.ready_after = description.get("ready_after")
+        os.makedirs(network.workdir, exist_ok=True)
+        return network
+
     def client_config(self):
         """``client_torrc_lines()`` as a dict for txtorcon's TorConfig: key -> value,
         or key -> list of values for a repeated key (DirAuthority)."""
@@ -356,11 +377,13 @@ class PrivateTorNetwork:
             raise
 
     def start_client(self, name, socks_port=None, control_port=None, timeout=CLIENT_TIMEOUT,
-                     extra_lines=()):
+                     extra_lines=(), wait=True):
         """Start a client tor named ``name``; block until it has bootstrapped 100%.
 
         Ports default to ones tor picks itself (read back from its log and
         ControlPortWriteToFile), so they cannot be raced.  Stopped by ``stop()``.
+        With ``wait=False`` it returns at once (ports not known yet): call the
+        client's ``wait_ready(timeout)`` later, e.g. to start several in parallel.
         """
         if not self.dir_authority_lines:
             raise TorNetworkError("the private Tor network is not started")
@@ -380,7 +403,7 @@ class PrivateTorNetwork:
         self.clients.append(client)
         try:
             client.start()
-            return client.wait_ready(timeout)
+            return client.wait_ready(timeout) if wait else client
         except BaseException:
             client.stop()
             self.clients.remove(client)

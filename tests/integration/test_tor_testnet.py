@@ -6,8 +6,11 @@ serves bytes to a client dialing its .onion address, and stopping leaves no tor
 process behind, also when the start fails.
 """
 
+import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
@@ -157,3 +160,48 @@ def test_client_of_a_stopped_network_is_refused(tmp_path):
     with pytest.raises(TorNetworkError):
         network.start_client("nobody")
     assert network.pids == []
+
+
+def test_tor_benchmark_quick_measures_both_paths(tor_network, tmp_path):
+    """benchmarks/tor.py --quick on the session network: every figure, both paths."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    description = tmp_path / "network.json"
+    description.write_text(json.dumps(tor_network.description()))
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "benchmarks", "tor.py"), "--quick",
+         "--network", str(description), "--workdir", str(tmp_path / "work"),
+         "--out", str(tmp_path / "tor")],
+        capture_output=True, text=True, timeout=240, cwd=root)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "tor.json").read_text())
+    gossip, download = report["gossip"], report["download"]
+    for path in ("direct", "tor"):
+        assert gossip[path]["n"] == 40 and gossip[path]["median_ms"] > 0
+        assert download[path]["sha256_ok"] is True
+        assert download[path]["payload_down"] >= download[path]["bytes"] == 5_000_000
+        assert download[path]["mb_per_s"] > 0
+    # six hops and a rendezvous cannot beat a loopback socket
+    assert gossip["tor"]["median_ms"] > gossip["direct"]["median_ms"]
+    md = (tmp_path / "tor.md").read_text()
+    assert "Tor, onion service" in md and "direct loopback" in md
+    assert f"| {gossip['tor']['median_ms']} |" in md
+    assert f"| {download['tor']['mb_per_s']} |" in md
+    # the benchmark's own client tors are gone, the session network still runs
+    assert os.path.exists(tmp_path / "work" / "tor" / "bench-host.torrc")
+    assert _pids_of(tmp_path / "work") == []
+    assert all(alive(node.pid) for node in tor_network.authorities + tor_network.relays)
+
+
+def _pids_of(workdir):
+    """Live processes whose command line names a torrc under ``workdir``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            if str(workdir) in cmd and "torrc" in cmd and alive(int(entry)):
+                pids.append(entry)
+    return pids

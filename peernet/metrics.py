@@ -104,6 +104,8 @@ class PeerMetrics:
     def __init__(self, registry, gossip, engine=None):
         self.gossip = gossip
         self.engine = engine
+        #: the BootstrapAnnouncer, once there is one (registration states)
+        self.announcer = None
         messages = Counter("peernet_gossip_messages", "Gossip messages by type and direction.",
                            ["type", "direction"], registry=registry)
         nbytes = Counter("peernet_gossip_bytes", "Gossip frame bytes by type and direction.",
@@ -114,6 +116,7 @@ class PeerMetrics:
                           for t in MESSAGE_TYPES for d in DIRECTIONS}
         self._torrent = None
         registry.register(_GossipCollector(gossip))
+        registry.register(_AnnouncerCollector(self))
         if engine is not None:
             registry.register(_TorrentCollector(self))
         gossip.on_frame = self.frame
@@ -189,6 +192,37 @@ class _GossipCollector:
                 ("peernet_gossip_penalties", "Penalties given to links for invalid frames.",
                  gossip.penalties_total)):
             yield CounterMetricFamily(name, doc, value=value)
+
+
+class _AnnouncerCollector:
+    """How this peer stands with its configured bootstrap servers (counts only:
+    the servers' URLs are not labels)."""
+
+    def __init__(self, owner):
+        self.owner = owner
+
+    def collect(self):
+        announcer = self.owner.announcer
+        states = {"registered": 0, "verification_sent": 0, "failing": 0, "unregistered": 0}
+        if announcer is not None:
+            results = dict(announcer.last_results)
+            for client in announcer.clients:
+                result = results.get(client.base_url)
+                if result is None or not self.owner.gossip.broadcasting:
+                    states["unregistered"] += 1
+                elif result == "registered":
+                    states["registered"] += 1
+                elif result.startswith("verification code sent"):
+                    states["verification_sent"] += 1
+                else:
+                    states["failing"] += 1
+        family = GaugeMetricFamily(
+            "peernet_peer_bootstrap_servers",
+            "Configured bootstrap servers by this peer's registration state (a silent "
+            "peer's are all unregistered).", labels=["state"])
+        for state, n in states.items():
+            family.add_metric([state], n)
+        yield family
 
 
 class _TorrentCollector:

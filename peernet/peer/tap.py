@@ -308,6 +308,8 @@ def makeService(config, reactor=None):
                for url in config["bootstrap"]]
     announcer = BootstrapAnnouncer(reactor, clients, gossip, email=config["email"])
     announcer.setServiceParent(net_parent)
+    if config["metrics"] is not None:
+        peer_metrics.announcer = announcer
 
     def on_change(change):
         if change.peer_id == identity.peer_id:

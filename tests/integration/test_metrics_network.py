@@ -101,12 +101,16 @@ def test_metrics_move_on_a_real_network(tmp_path):
             assert get(found, "peernet_gossip_messages_total", type="HELLO", direction="out") >= 1
             assert get(found, "peernet_gossip_bytes_total", type="HELLO", direction="in") > 0
             assert get(found, "peernet_torrents", kind="download") == 1
+            assert get(found, "peernet_peer_bootstrap_servers", state="unregistered") == 1
+            assert get(found, "peernet_peer_bootstrap_servers", state="registered") == 0
 
             found, seeder_text = wait_metric(seeder, lambda f: get(
                 f, "peernet_torrent_payload_bytes_total", direction="up") >= size,
                 "the uploaded bytes")
             assert get(found, "peernet_broadcasting") == 1
             assert get(found, "peernet_torrents", kind="seed") == 1
+            assert get(found, "peernet_peer_bootstrap_servers", state="registered") == 1
+            assert get(found, "peernet_peer_bootstrap_servers", state="failing") == 0
             inbound = sum(get(found, "peernet_gossip_links", direction="inbound", remote=r)
                           for r in ("broadcasting", "silent"))
             assert inbound >= 1

@@ -131,3 +131,25 @@ def _is_zombie(pid):
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+# -- pytest fixtures (import them by name into a test module) ---------------------
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """One private PostgreSQL cluster for the test session, stopped by pid."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster):
+    """The URL of a new, empty database on the session's cluster."""
+    return postgres_cluster.create_database()

@@ -1,14 +1,19 @@
-"""BootstrapStore on real SQLite files: schema versions, expiry, sweeps, rules."""
+"""BootstrapStore on real SQLite files and on a real PostgreSQL server (the
+same cases run against both): schema versions, expiry, sweeps, rules.
+PostgreSQL-only cases (schema equality, several processes) are in
+test_bootstrap_pgstore.py."""
 
 import sqlite3
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
 
 from peernet.bootstrap import store as store_module
 from peernet.bootstrap.store import BootstrapStore, CodeIssued, Registered, Registration
 from peernet.errors import BadRequest, ConfigError, Conflict, ReplayedNonce
+from pg_fixture import postgres_cluster  # noqa: F401  (fixture)
 
 
 def schema_of(path):
@@ -61,12 +66,32 @@ def reg(peer_id="a" * 64, version=1, email=None, code=None, nonce=None, bootstra
     )
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_store(request, tmp_path):
+    """``await make_store(**kw)``: a new opened store on this test's database
+    (the same database on every call); every one is closed after the test."""
+    if request.param == "sqlite":
+        target, cls = tmp_path / "db.sqlite", BootstrapStore
+    else:
+        from peernet.bootstrap.pgstore import PostgresStore
+
+        target, cls = request.getfixturevalue("postgres_cluster").create_database(), PostgresStore
+    opened = []
+
+    async def make(**kw):
+        s = cls(reactor, target, **kw)
+        opened.append(s)  # before open(): a failed open still stops its threads
+        await s.open()
+        return s
+
+    yield make
+    for s in opened:
+        pytest_twisted.blockon(s.close())
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = BootstrapStore(reactor, tmp_path / "db.sqlite", ttl=3600)
-    pytest_twisted.blockon(s.open())
-    yield s
-    pytest_twisted.blockon(s.close())
+def store(make_store):
+    return pytest_twisted.blockon(ensureDeferred(make_store(ttl=3600)))
 
 
 @pytest_twisted.ensureDeferred
@@ -83,25 +108,20 @@ async def test_expired_rows_are_invisible_at_once_and_swept(store):
 
 
 @pytest_twisted.ensureDeferred
-async def test_memory_index_is_rebuilt_from_the_database(tmp_path):
+async def test_memory_index_is_rebuilt_from_the_database(make_store):
     t0 = reactor.seconds()  # open() loads the peers live at the reactor's time
-    s = BootstrapStore(reactor, tmp_path / "db.sqlite")
-    await s.open()
+    s = await make_store()
     await s.register(reg(peer_id="a" * 64), t0)
     await s.register(reg(peer_id="b" * 64, bootstrap=False), t0)
     await s.unregister("a" * 64, "u" * 32, False, t0)
     await s.register(reg(peer_id="c" * 64), t0)
     await s.close()
-    again = BootstrapStore(reactor, tmp_path / "db.sqlite")
-    await again.open()
-    try:
-        import json as _json
+    again = await make_store()
+    import json as _json
 
-        live = sorted(_json.loads(x)["record"]["peer_id"] for x in again.discover(16, t0, bootstrap_only=False))
-        assert live == ["b" * 64, "c" * 64]
-        assert [_json.loads(x)["record"]["peer_id"] for x in again.discover(16, t0)] == ["c" * 64]
-    finally:
-        await again.close()
+    live = sorted(_json.loads(x)["record"]["peer_id"] for x in again.discover(16, t0, bootstrap_only=False))
+    assert live == ["b" * 64, "c" * 64]
+    assert [_json.loads(x)["record"]["peer_id"] for x in again.discover(16, t0)] == ["c" * 64]
 
 
 def test_live_index_samples_uniformly_and_skips_expired():
@@ -148,10 +168,9 @@ async def test_refused_write_leaves_no_trace(store, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_email_code_flow(tmp_path):
-    s = BootstrapStore(reactor, tmp_path / "db.sqlite", email_verification=True)
-    await s.open()
-    try:
+async def test_email_code_flow(make_store):
+    s = await make_store(email_verification=True)
+    if True:
         t0 = 1000.0
         issued = await s.register(reg(email="v@example.org"), t0)
         assert isinstance(issued, CodeIssued) and len(issued.code) == 8
@@ -164,15 +183,12 @@ async def test_email_code_flow(tmp_path):
         done = await s.register(reg(email="v@example.org", code=issued.code), t0)
         assert isinstance(done, Registered)
         assert (await s.counts(t0))["emails"] == 1
-    finally:
-        await s.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_email_code_attempts_are_limited(tmp_path):
-    s = BootstrapStore(reactor, tmp_path / "db.sqlite", email_verification=True)
-    await s.open()
-    try:
+async def test_email_code_attempts_are_limited(make_store):
+    s = await make_store(email_verification=True)
+    if True:
         issued = await s.register(reg(email="w@example.org"), 0.0)
         wrong = "%08d" % ((int(issued.code) + 1) % 10**8)
         for _ in range(store_module.MAX_EMAIL_CODE_ATTEMPTS):
@@ -180,5 +196,37 @@ async def test_email_code_attempts_are_limited(tmp_path):
                 await s.register(reg(email="w@example.org", code=wrong), 1.0)
         with pytest.raises(BadRequest, match="too many"):
             await s.register(reg(email="w@example.org", code=issued.code), 1.0)
-    finally:
-        await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_versions_only_go_up_and_large_versions_fit(store):
+    t0 = reactor.seconds()
+    big = 2**53  # the largest record version the protocol allows
+    await store.register(reg(version=big - 1), t0)
+    await store.register(reg(version=big), t0)
+    with pytest.raises(Conflict, match="older"):
+        await store.register(reg(version=big - 1), t0)
+    await store.register(reg(version=big), t0)  # an equal version renews
+    assert (await store.counts(t0))["peers"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_email_binding_released_only_by_its_key(store):
+    t0 = reactor.seconds()
+    await store.register(reg(peer_id="a" * 64, email="r@example.org"), t0)
+    with pytest.raises(Conflict, match="bound"):
+        await store.register(reg(peer_id="b" * 64, email="r@example.org"), t0)
+    assert await store.unregister("b" * 64, "x" * 32, True, t0) == (False, False)
+    assert await store.unregister("a" * 64, "y" * 32, True, t0) == (True, True)
+    await store.register(reg(peer_id="b" * 64, email="r@example.org"), t0)
+    assert store.discover(16, t0) and (await store.counts(t0))["emails"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_bootstrap_nodes_replace_their_source(store):
+    t0 = reactor.seconds()
+    await store.set_bootstrap_nodes(["https://b.example", "https://a.example"], "config", t0)
+    assert store.bootstrap_nodes() == ["https://a.example", "https://b.example"]
+    await store.set_bootstrap_nodes(["https://c.example", "https://a.example"], "config", t0)
+    assert store.bootstrap_nodes() == ["https://a.example", "https://c.example"]
+    assert (await store.counts(t0))["bootstrap_servers"] == 2

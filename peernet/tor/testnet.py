@@ -280,6 +280,7 @@ class PrivateTorNetwork:
         self.started_at = None
         self.ready_after = None  # seconds from start() to a usable network
         self._next_port = base_port
+        self._stopped = False
 
     # -- public interface ----------------------------------------------------
 
@@ -347,8 +348,8 @@ class PrivateTorNetwork:
 
     def start(self, timeout=START_TIMEOUT):
         """Start the network; block until it is usable or raise TorNetworkError."""
-        if self.authorities:
-            raise TorNetworkError("the private Tor network is already started")
+        if self.authorities or self._stopped:
+            raise TorNetworkError("a PrivateTorNetwork starts once; make a new one")
         self.started_at = time.monotonic()
         deadline = self.started_at + timeout
         try:
@@ -374,6 +375,7 @@ class PrivateTorNetwork:
             return self
         except BaseException:
             self.stop()
+            self.dir_authority_lines = []  # nobody may join a network that failed
             raise
 
     def start_client(self, name, socks_port=None, control_port=None, timeout=CLIENT_TIMEOUT,
@@ -387,8 +389,12 @@ class PrivateTorNetwork:
         """
         if not self.dir_authority_lines:
             raise TorNetworkError("the private Tor network is not started")
-        if any(c.name == name for c in self.clients):
+        if self._stopped:
+            raise TorNetworkError("the private Tor network was stopped")
+        if any(c.name == name and c.running() for c in self.clients):
             raise TorNetworkError(f"a client tor named {name!r} is already running")
+        # a stopped client's name (and data directory) may be used again
+        self.clients = [c for c in self.clients if c.name != name]
         data_dir = os.path.join(self.workdir, name)
         lines = self.client_torrc_lines() + [
             f"SocksPort 127.0.0.1:{socks_port or 'auto'}",
@@ -411,6 +417,7 @@ class PrivateTorNetwork:
 
     def stop(self):
         """Stop every tor started here (clients first), by pid.  Idempotent."""
+        self._stopped = True
         for node in reversed(self.processes):
             try:
                 node.stop()

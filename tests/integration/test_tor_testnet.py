@@ -112,9 +112,7 @@ def test_client_reaches_a_loopback_server_through_an_exit(tor_network, greeter):
         assert client.control_endpoint == f"tcp:127.0.0.1:{client.control_port}"
         socks = TCP4ClientEndpoint(reactor, "127.0.0.1", client.socks_port)
         data = yield fetch(txtorcon.TorClientEndpoint("127.0.0.1", port, socks_endpoint=socks))
-        assert data == greeting
-        # and the stream really went through tor: its control port knows of it
-        assert "Bootstrapped 100%" in client.log()
+        assert data == greeting  # only tor's SOCKS port was dialled
     finally:
         client.stop()
     assert not alive(client.pid)
@@ -140,6 +138,21 @@ def test_onion_service_serves_a_client_on_another_tor(tor_network, greeter):
     assert not alive(host.pid) and not alive(visitor.pid)
 
 
+def test_a_client_name_is_unique_while_running_and_reusable_after(tor_network):
+    first = tor_network.start_client("reused")
+    try:
+        with pytest.raises(TorNetworkError, match="already running"):
+            tor_network.start_client("reused")
+    finally:
+        first.stop()
+    second = tor_network.start_client("reused")  # same data directory, new process
+    try:
+        assert second.pid != first.pid and alive(second.pid) and not alive(first.pid)
+        assert second in tor_network.clients and first not in tor_network.clients
+    finally:
+        second.stop()
+
+
 def test_stop_after_a_failed_start_leaves_no_tor_process(tmp_path):
     network = PrivateTorNetwork(str(tmp_path))
     # No consensus can list every relay as Running within 2 s (the first vote
@@ -151,6 +164,10 @@ def test_stop_after_a_failed_start_leaves_no_tor_process(tmp_path):
     assert len(pids) == 5 and all(pids)
     assert not any(alive(pid) for pid in pids)
     network.stop()  # idempotent
+    with pytest.raises(TorNetworkError):
+        network.client_torrc_lines()  # nobody joins a network that failed
+    with pytest.raises(TorNetworkError):
+        network.start()
     for node in network.authorities + network.relays:
         assert os.path.exists(node.log_path)
 

@@ -232,7 +232,8 @@ class GossipService(service.Service):
 
     def _start_done(self, outcome):
         if isinstance(outcome, defer.Failure):
-            if outcome.check(CannotListenError, ConfigError):
+            # PeernetError: e.g. tor would not add the onion service.
+            if outcome.check(CannotListenError, PeernetError):
                 # An operational error (port in use, permission denied): the
                 # caller reports it in one line; no traceback (log.failure is
                 # critical, which twist prints to stderr before logging begins).

@@ -13,6 +13,7 @@ import pytest
 from peernet.devnet import BootstrapNode
 from peernet.identity import NodeIdentity
 from peernet.records import make_record, new_nonce, sign_request
+from tor_fixture import tor_network  # noqa: F401  (session fixture, found by name)
 
 BIN = os.path.dirname(sys.executable)
 TWIST = os.path.join(BIN, "twist")

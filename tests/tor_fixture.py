@@ -1,4 +1,7 @@
-"""Fixtures for the integration tests that need more than loopback sockets.
+"""The private Tor network fixture (imported by tests/conftest.py).
+
+Only tests/conftest.py may be a conftest: a second one (tests/integration/conftest.py)
+takes the module name ``conftest`` and breaks ``from conftest import ...``.
 
 ``tor_network``: one private Tor network on 127.0.0.1 per test session (three
 directory authorities and two relays of the Debian ``tor`` binary, see

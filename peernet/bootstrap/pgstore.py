@@ -263,7 +263,22 @@ class PostgresStore(BootstrapStore):
         """Create or upgrade the schema, start listening, load the index; the
         Deferred fires once the index is loaded."""
         self._pool.start()
-        d = self._db(create_or_upgrade)
+        d = Deferred()
+
+        def attempt():
+            if self._stopping.is_set():
+                return
+            schema = self._db(create_or_upgrade)
+
+            def unavailable(failure):
+                # The server went away since `prepare` checked it: wait for it.
+                failure.trap(ServiceUnavailable)
+                self._retry = self.reactor.callLater(RECONNECT_SECONDS, attempt)
+
+            schema.addCallbacks(lambda old: d.callback(old), unavailable)
+            schema.addErrback(d.errback)
+
+        attempt()
         d.addCallback(self._schema_ready)
         return d
 
@@ -405,7 +420,13 @@ class PostgresStore(BootstrapStore):
     # -- reads ------------------------------------------------------------------
 
     def discover(self, limit, now, bootstrap_only=True, exclude=None):
+        """As BootstrapStore.discover while the index is proven fresh.  When it
+        is not: a registrant's sample (``exclude`` set: the registration has
+        already committed, so failing now would make the client retry a done
+        request) is empty, and a discover request gets 503."""
         if self.reactor.seconds() >= self._fresh_until:
+            if exclude is not None:
+                return []
             raise ServiceUnavailable(
                 "this server cannot reach its database, so its list of peers may be out "
                 "of date; ask another bootstrap server or try again later",

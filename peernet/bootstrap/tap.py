@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from peernet import constants
 from peernet.bootstrap import store as store_module
 from peernet.cli import ListeningService, Options as _Options, check_endpoint, check_http_url, die
-from peernet.errors import ConfigError
+from peernet.errors import ConfigError, ServiceUnavailable
 from peernet.ratelimit import RateLimiter, parse_rate
 
 log = Logger()
@@ -120,12 +120,28 @@ class StoreService(Service):
         self.store = store
         self.federate = federate
 
+    #: Seconds between attempts to record --federate while a shared
+    #: database (PostgreSQL) is unreachable.
+    RETRY_SECONDS = 2.0
+
     def startService(self):
         super().startService()
-        now = self.store.reactor.seconds()
-        self.store.open().addCallback(
-            lambda _: self.store.set_bootstrap_nodes(self.federate, "config", now)
-        ).addErrback(self._failed)
+        self._retry = None
+        self.store.open().addCallback(lambda _: self._record_federation()).addErrback(
+            self._failed)
+
+    def _record_federation(self):
+        d = self.store.set_bootstrap_nodes(self.federate, "config", self.store.reactor.seconds())
+
+        def unavailable(failure):
+            # A database server that went away after start-up: keep serving
+            # (requests get 503 meanwhile) and try again.
+            failure.trap(ServiceUnavailable)
+            if self.running:
+                self._retry = self.store.reactor.callLater(
+                    self.RETRY_SECONDS, self._record_federation)
+
+        return d.addErrback(unavailable)
 
     def _failed(self, failure):
         log.failure("the database could not be opened", failure)
@@ -133,6 +149,8 @@ class StoreService(Service):
 
     def stopService(self):
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         return self.store.close()
 
 

@@ -4,28 +4,15 @@ other serves, replay protection and email binding hold across them, bad URLs
 are one-line errors, and a database outage gives JSON 503s, not tracebacks,
 until the server is back."""
 
-import importlib.util
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 
 import psycopg
 import pytest
 
-# tests/conftest.py's helpers, loaded by path: the name "conftest" may be
-# taken by tests/integration/conftest.py, depending on collection order.
-_spec = importlib.util.spec_from_file_location(
-    "peernet_tests_root_conftest",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conftest.py"))
-_root = sys.modules.get(_spec.name) or importlib.util.module_from_spec(_spec)
-if _spec.name not in sys.modules:
-    sys.modules[_spec.name] = _root
-    _spec.loader.exec_module(_root)
-TWIST, registration, unregistration, wait_for = (
-    _root.TWIST, _root.registration, _root.unregistration, _root.wait_for)
+from conftest import TWIST, registration, unregistration, wait_for
 from pg_fixture import PostgresCluster, postgres_cluster  # noqa: F401  (fixture)
 from peernet.bootstrap import pgstore
 

@@ -107,6 +107,19 @@ class NetnsLab:
                     _ip("-n", ns, "route", "add", "blackhole", f"{addr}/32")
                     self._routes.append((ns, addr))
 
+    def reset_connections(self, side_a, side_b):
+        """Abort every TCP connection between the sides (``ss -K``, inside
+        each namespace), as missed heartbeats end links in a partition that
+        outlasts LINK_DEAD_AFTER: what was in flight is lost."""
+        for a in side_a:
+            for b in side_b:
+                for here, there in ((a, b), (b, a)):
+                    subprocess.run(
+                        ["ip", "netns", "exec", self.namespace(here), "ss", "-K", "-t",
+                         "dst", self.address(there)],
+                        check=True, timeout=IP_TIMEOUT,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def heal(self):
         while self._routes:
             ns, addr = self._routes.pop()

@@ -30,7 +30,8 @@ PROPAGATION_LIMIT = 5.0
 
 def reg(peer_id, *, version=1, email=None, nonce=None, bootstrap=True):
     return Registration(
-        peer_id=peer_id, record_json='{"peer_id":"%s"}' % peer_id, signature="c2ln",
+        peer_id=peer_id, record_json='{"peer_id":"%s","version":%d}' % (peer_id, version),
+        signature="c2ln",
         version=version, is_bootstrap=bootstrap, email=email, email_code=None,
         nonce=nonce or os.urandom(16).hex(),
     )
@@ -254,6 +255,45 @@ async def test_concurrent_registrations_of_one_email_exactly_one_wins(pair):
     # Losers left nothing behind: 15 peers live, 15 bindings.
     counts = await b.counts(now)
     assert counts["peers"] == 15 and counts["emails"] == 15
+
+
+def served_versions(store):
+    return {json.loads(x)["record"]["peer_id"]: json.loads(x)["record"]["version"]
+            for x in store.discover(100, reactor.seconds(), bootstrap_only=False)}
+
+
+@pytest_twisted.ensureDeferred
+async def test_racing_versions_end_with_the_newest_everywhere(pair):
+    a, b = pair
+    pid = "v" * 64
+    for round_ in range(10):
+        low, high = 2 * round_ + 1, 2 * round_ + 2
+        results = await DeferredList(
+            [a.register(reg(pid, version=low), reactor.seconds()),
+             b.register(reg(pid, version=high), reactor.seconds())],
+            consumeErrors=True)
+        assert results[1][0], results  # the newer version is never refused
+        if not results[0][0]:
+            assert results[0][1].value.code == "stale_record"
+        rows = await a._db(lambda c: c.execute(
+            "SELECT version FROM peers WHERE peer_id = ?", (pid,)).fetchall())
+        assert rows == [(high,)]
+        await until(lambda: served_versions(a) == {pid: high} == served_versions(b),
+                    f"both serve version {high}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_remote_change_never_undoes_a_local_write_in_flight(pair):
+    a, b = pair
+    pid = "g" * 64
+    b._write_started(pid)  # as if B were writing this peer right now
+    await a.register(reg(pid, version=7), reactor.seconds())
+    # B hears of it, fetches the row, and holds it back for a re-read.
+    await until(lambda: pid in b._held, "B holds the fetched row back")
+    await task.deferLater(reactor, 0.2, lambda: None)
+    assert pid not in served_versions(b) and pid in b._held and not b._fetching
+    b._write_finished(pid)  # the local write ended: now B reads the row again
+    await until(lambda: served_versions(b) == {pid: 7}, "B applies the re-read row")
 
 
 @pytest_twisted.ensureDeferred

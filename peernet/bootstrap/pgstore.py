@@ -249,6 +249,7 @@ class PostgresStore(BootstrapStore):
         self._first_sync_done = False
         # Index refresh state (reactor thread only).
         self._dirty = set()
+        self._held = set()  # changed elsewhere, re-read when our own write ends
         self._nodes_dirty = False
         self._fetching = False
         self._retry = None
@@ -400,13 +401,25 @@ class PostgresStore(BootstrapStore):
         self._pending[peer_id] -= 1
         if self._pending[peer_id] <= 0:
             del self._pending[peer_id]
+            if peer_id in self._held:
+                self._held.discard(peer_id)
+                self._dirty.add(peer_id)
+                self.reactor.callLater(0, self._fetch)
         if self._watching:
             self._write_seq += 1
             self._finished[peer_id] = self._write_seq
 
     def _overtaken(self, peer_id, since):
-        """A local write for peer_id is in flight or finished after ``since``."""
-        return peer_id in self._pending or self._finished.get(peer_id, -1) > since
+        """True if a row read since ``since`` may be older than this process's
+        own write for peer_id; the peer is then queued for another read (once
+        its local write in flight, if any, has ended)."""
+        if peer_id in self._pending:
+            self._held.add(peer_id)
+            return True
+        if self._finished.get(peer_id, -1) > since:
+            self._dirty.add(peer_id)
+            return True
+        return False
 
     def _watch(self):
         self._watching += 1
@@ -507,14 +520,10 @@ class PostgresStore(BootstrapStore):
             seen = set()
             for peer_id, record, signature, is_bootstrap, expires_at in peers:
                 seen.add(peer_id)
-                if self._overtaken(peer_id, since):
-                    self._dirty.add(peer_id)
-                else:
+                if not self._overtaken(peer_id, since):
                     self.live.put(peer_id, record, signature, bool(is_bootstrap), expires_at)
             for peer_id in [p for p in self.live.peer_ids() if p not in seen]:
-                if self._overtaken(peer_id, since):
-                    self._dirty.add(peer_id)
-                else:
+                if not self._overtaken(peer_id, since):
                     self.live.remove(peer_id)
             self.nodes = nodes
             self._synced = True
@@ -546,7 +555,7 @@ class PostgresStore(BootstrapStore):
             rows, node_list = result
             for peer_id in ids:
                 if self._overtaken(peer_id, since):
-                    self._dirty.add(peer_id)
+                    pass
                 elif peer_id in rows:
                     record, signature, is_bootstrap, expires_at = rows[peer_id]
                     self.live.put(peer_id, record, signature, bool(is_bootstrap), expires_at)

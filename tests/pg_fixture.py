@@ -22,14 +22,13 @@ START_ATTEMPTS = 3
 
 
 def pg_bin(name):
-    """The path of a PostgreSQL server program (in its versioned bin directory)."""
-    found = shutil.which(name)
-    if found and name != "initdb":
-        return found
+    """The path of a PostgreSQL server program: Debian keeps them in a versioned
+    directory (the newest installed version wins); elsewhere, on PATH."""
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
                         key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
     if candidates:
         return candidates[-1]
+    found = shutil.which(name)
     if found:
         return found
     raise RuntimeError(f"PostgreSQL's {name} is not installed (apt-get install postgresql)")

@@ -862,8 +862,13 @@ class GossipService(service.Service):
             self._schedule_maintain(due - self.reactor.seconds())
 
     def _dial_addresses(self, entry):
-        return [a for a in entry.record["addresses"] if parse_gossip_address(a)
-                and (self.dial_onions or not is_onion_address(a))]
+        addresses = [a for a in entry.record["addresses"] if parse_gossip_address(a)
+                     and (self.dial_onions or not is_onion_address(a))]
+        if self.dial_onions:
+            # Through Tor, an onion address first: end to end inside Tor,
+            # no exit relay needed.
+            addresses.sort(key=lambda a: not is_onion_address(a))
+        return addresses
 
     def _dial(self, entry):
         addresses = self._dial_addresses(entry)

@@ -356,12 +356,12 @@ class Entry:
 
 
 def test_gossip_dials_onion_addresses_only_through_tor():
-    entry = Entry([f"wss://{ONION}:8701/gossip", "wss://127.0.0.9:8701/gossip",
+    entry = Entry(["wss://127.0.0.9:8701/gossip", f"wss://{ONION}:8701/gossip",
                    f"bittorrent://{ONION}:6881"])
     service = GossipService.__new__(GossipService)
     service.dial_onions = False
     assert service._dial_addresses(entry) == ["wss://127.0.0.9:8701/gossip"]
-    service.dial_onions = True
+    service.dial_onions = True  # through Tor: the onion address first
     assert service._dial_addresses(entry) == [f"wss://{ONION}:8701/gossip",
                                               "wss://127.0.0.9:8701/gossip"]
     assert is_onion_address(f"wss://{ONION.upper()}:1/gossip")

@@ -50,8 +50,10 @@ log = Logger()
 BOOTSTRAP_TIMEOUT = 120.0
 #: Connecting to (and authenticating on) a control port.
 CONTROL_TIMEOUT = 15.0
-#: Publishing an onion service (at least one descriptor upload).
-ONION_PUBLISH_TIMEOUT = 120.0
+#: Adding an onion service (ADD_ONION answers at once; this bounds a stuck tor).
+ONION_PUBLISH_TIMEOUT = 30.0
+#: Longest wait for a first descriptor upload before announcing anyway.
+ONION_UPLOAD_WAIT = 90.0
 #: How often the bootstrap progress is polled.
 POLL_INTERVAL = 0.25
 #: Lines of tor's own output kept for error messages.
@@ -229,37 +231,82 @@ class TorRuntime:
     # -- onion services --------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def publish_onion(self, key_path, ports, timeout=ONION_PUBLISH_TIMEOUT):
+    def publish_onion(self, key_path, ports, timeout=ONION_PUBLISH_TIMEOUT,
+                      upload_wait=ONION_UPLOAD_WAIT):
         """Publish a v3 onion service; returns its ``<56 chars>.onion`` host name.
 
         ``ports``: ``[(onion_port, "127.0.0.1:LOCAL_PORT"), ...]``.  The key
         is read from ``key_path`` if it exists, else created by tor and
         written there (mode 0600) before this returns, so the same address
-        comes back after a restart.  Fires once at least one descriptor is
-        uploaded.
+        comes back after a restart.
+
+        Fires once tor reports a first descriptor upload (HS_DESC UPLOADED),
+        or after ``upload_wait`` seconds with a warning: announcing an
+        address before its descriptor is on any HSDir makes early visitors'
+        tors fail their descriptor fetches and hold back new ones for a
+        while, but a slow upload must not stop the peer either.  The service
+        lives as long as our control connection (no Detach), so it
+        disappears with this peer.
         """
         key = _read_key(key_path)
-        specs = [f"{int(virtual)} {target}" for virtual, target in ports]
-        d = self.tor.create_onion_service(specs, private_key=key, version=3)
-        d.addTimeout(timeout, self.reactor)
+        targets = " ".join(f"Port={int(virtual)},{target}" for virtual, target in ports)
+        uploaded, waiting = set(), {}
+
+        def on_hs_desc(text):
+            parts = text.split()
+            if len(parts) >= 2 and parts[0] == "UPLOADED":
+                uploaded.add(parts[1])
+                d = waiting.pop(parts[1], None)
+                if d is not None:
+                    d.callback(None)
+
+        protocol = self.tor.protocol
+        yield protocol.add_event_listener("HS_DESC", on_hs_desc)
         try:
-            onion = yield d
-        except defer.TimeoutError:
-            raise TorUnavailable(
-                f"tor did not publish the onion service within {timeout:g} s")
-        except Exception as e:  # a refusal by tor (bad key, ...): one sentence
-            raise TorUnavailable(f"tor refused to publish the onion service: {_one_line(e)}")
-        self._onions.append(onion)
-        if key is None:
-            _write_key(key_path, onion.private_key)
-        return onion.hostname
+            d = protocol.queue_command(f"ADD_ONION {key or 'NEW:ED25519-V3'} {targets}")
+            d.addTimeout(timeout, self.reactor)
+            try:
+                reply = yield d
+            except defer.TimeoutError:
+                raise TorUnavailable(f"tor did not add the onion service within {timeout:g} s")
+            except Exception as e:  # a refusal by tor (bad key, ...): one sentence
+                raise TorUnavailable(
+                    f"tor refused to publish the onion service: {_one_line(e)}")
+            service = re.search(r"ServiceID=([a-z2-7]{56})", reply)
+            if service is None:
+                raise TorUnavailable(f"tor answered ADD_ONION oddly: {_one_line(reply)}")
+            if key is None:
+                new_key = re.search(r"PrivateKey=(ED25519-V3:\S+)", reply)
+                if new_key is None:
+                    raise TorUnavailable("tor did not hand over the new onion service key")
+                _write_key(key_path, new_key.group(1))
+            service_id = service.group(1)
+            hostname = service_id + ".onion"
+            self._onions.append(hostname)
+            log.info("onion service {hostname} added; waiting for its descriptor upload",
+                     hostname=hostname)
+            if service_id not in uploaded:
+                done = waiting[service_id] = defer.Deferred()
+                done.addTimeout(upload_wait, self.reactor)
+                try:
+                    yield done
+                    log.info("onion service {hostname} descriptor uploaded", hostname=hostname)
+                except defer.TimeoutError:
+                    log.warn("no descriptor upload of {hostname} reported within {wait:g} s; "
+                             "announcing it anyway", hostname=hostname, wait=upload_wait)
+        finally:
+            try:
+                yield protocol.remove_event_listener("HS_DESC", on_hs_desc)
+            except Exception:
+                pass
+        return hostname
 
     @defer.inlineCallbacks
     def unpublish(self, hostname):
         """Withdraw an onion service published here (DEL_ONION)."""
-        for onion in [o for o in self._onions if o.hostname == hostname]:
-            self._onions.remove(onion)
-            yield onion.remove()
+        if hostname in self._onions:
+            self._onions.remove(hostname)
+            yield self.tor.protocol.queue_command(f"DEL_ONION {hostname[:-len('.onion')]}")
 
     # -- stopping ----------------------------------------------------------------------
 
@@ -267,9 +314,9 @@ class TorRuntime:
     def close(self):
         """Remove our onion services, close the control connection, and stop a
         launched tor (by its pid; SIGKILL after STOP_GRACE seconds)."""
-        for onion in self._onions:
+        for hostname in list(self._onions):
             try:
-                yield onion.remove()
+                yield self.unpublish(hostname)
             except Exception:
                 pass
         self._onions = []

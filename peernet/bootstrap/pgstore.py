@@ -430,6 +430,17 @@ class PostgresStore(BootstrapStore):
         if not self._watching:
             self._finished.clear()
 
+    def sweep(self, now):
+        """As BootstrapStore.sweep; while the database is away, 0 (the outage is
+        logged once, not every minute with a traceback; the next sweep catches up)."""
+        d = super().sweep(now)
+
+        def unavailable(failure):
+            failure.trap(ServiceUnavailable)
+            return 0
+
+        return d.addErrback(unavailable)
+
     # -- reads ------------------------------------------------------------------
 
     def discover(self, limit, now, bootstrap_only=True, exclude=None):

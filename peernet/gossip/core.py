@@ -46,6 +46,12 @@ from peernet.records import b64decode, b64encode, canonical_json, make_record
 
 #: A sync request is asked back only if we started none on that link this recently.
 ASK_BACK_AFTER = 5.0
+#: A message is relayed only while this much of the timestamp window is left.
+#: Relayed at the very edge, it would reach the next node outside the window
+#: and cost the *honest relay* a penalty: an attacker sending messages 29 s
+#: old could get every relay cut off by its neighbours (a partition attack).
+#: What such a message taught us still spreads, by digest pings.
+RELAY_WINDOW_MARGIN = 5.0
 
 # -- actions ------------------------------------------------------------------------
 
@@ -377,7 +383,7 @@ class GossipCore:
         if matches:
             self.rng.shuffle(matches)
             return self._respond(link, msg.id, matches, constants.TTL_RESPONSE)
-        if msg.ttl == 0:
+        if msg.ttl == 0 or not self._relayable(msg):
             return []
         self._remember_route(msg.id, link.id)
         targets = self._pick(exclude={link.id}, count=self.fanout)
@@ -407,7 +413,7 @@ class GossipCore:
         route = self.routes.get(rid)
         if route is not None:
             target = self.links.get(route[0])
-            if target is not None and msg.ttl > 0:
+            if target is not None and msg.ttl > 0 and self._relayable(msg):
                 self.stats.forwarded += 1
                 actions.append(self._send(target, codec.relay(msg, msg.ttl - 1), msg.type))
             return actions
@@ -475,7 +481,7 @@ class GossipCore:
         actions = [TableChange(kind, entry.peer_id)]
         if push is not None:
             msg, from_link = push
-            if msg.ttl > 0:
+            if msg.ttl > 0 and self._relayable(msg):
                 targets = self._pick(exclude={from_link.id}, count=self.fanout,
                                      lacking=entry.hash)
                 frame = codec.relay(msg, msg.ttl - 1)
@@ -495,6 +501,11 @@ class GossipCore:
             else:
                 link.recent_overflow = True
         return actions
+
+    def _relayable(self, msg):
+        """Enough of the timestamp window left to relay ``msg`` safely."""
+        skew = msg.body["ts"] / 1000.0 - self.now()
+        return abs(skew) <= constants.CLOCK_SKEW_SECONDS - RELAY_WINDOW_MARGIN
 
     def _pick(self, exclude, count, lacking=None):
         candidates = [l for l in self._ready_links()

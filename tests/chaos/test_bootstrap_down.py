@@ -77,7 +77,9 @@ def test_restart_from_snapshot_rejoins_with_every_bootstrap_down(net_no_bootstra
     def rejoined():
         return peer.status()["links"]["outbound"] >= 1
 
-    assert net.wait(rejoined, REJOIN_TIMEOUT) is not None, peer.log(since_start=True)[-3000:]
+    waited = net.wait(rejoined, REJOIN_TIMEOUT)
+    assert waited is not None, peer.log(since_start=True)[-3000:]
+    print(f"restarted from its snapshot, linked again {waited:.2f} s after its start")
     assert other_ids <= {e["peer_id"] for e in peer.peers() if e["broadcasting"]}
 
     # it sees a fresh update from another peer ...

@@ -522,6 +522,8 @@ class PostgresStore(BootstrapStore):
         self._fetch()
 
     def _reload(self):
+        if self._stopping.is_set():
+            return None
         started = self.reactor.seconds()
         since = self._watch()
         d = self._db(self._load_index_on, started)

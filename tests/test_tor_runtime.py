@@ -404,3 +404,57 @@ def test_bootstrap_url_over_plain_http_only_to_loopback_or_an_onion():
     assert check_base_url("http://127.0.0.1:8080")[1] is True
     with pytest.raises(ConfigError, match=r"loopback and \.onion"):
         check_base_url("http://bootstrap.example.org")
+
+
+# -- what an --onion peer announces (peernet.peer.tap) --------------------------------------------
+
+
+class _Host:
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+
+
+class _Port:
+    def __init__(self, host, port):
+        self._host = _Host(host, port)
+
+    def getHost(self):
+        return self._host
+
+
+class _Engine:
+    listen_interfaces = "127.0.0.5:0"
+
+    def __init__(self):
+        self.ready = defer.succeed(self)
+
+    def listen_port(self):
+        return 41000
+
+
+class _Gossip:
+    listening_port = _Port("127.0.0.5", 42000)
+
+
+class _Gate:
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+
+@pytest.mark.parametrize("clearnet, expected", [
+    (False, [f"wss://{ONION}:8701/gossip", f"bittorrent://{ONION}:6881"]),
+    (True, ["bittorrent://127.0.0.5:41000", f"wss://{ONION}:8701/gossip",
+            f"bittorrent://{ONION}:6881"]),
+])
+def test_onion_peer_announces_its_onion_service(tmp_path, clearnet, expected):
+    from peernet.peer.tap import _onion_addresses
+
+    runtime = PublishingRuntime()
+    extra = _onion_addresses(_Gate(runtime), _Gossip(), _Engine(), str(tmp_path),
+                             clearnet=clearnet)
+    got = []
+    extra("127.0.0.5").addCallback(got.append)
+    assert got == [expected]
+    # the onion service leads to the local gossip and torrent ports
+    assert runtime.calls == [("publish", "onion.key", [(8701, "127.0.0.5:42000"),
+                                                       (6881, "127.0.0.5:41000")])]

@@ -8,8 +8,6 @@ The world (one per module):
   launches its own tor (``--torrc`` with the private network's lines) and
   announces nothing but ``wss://<56>.onion:8701/gossip`` and
   ``bittorrent://<56>.onion:6881``;
-* ``clear1``: an ordinary broadcasting peer without Tor (it must skip the
-  onion addresses it learns);
 * ``silent1``: ``twist peer --tor --tor-control ...`` inside a network
   namespace whose only link is a veth pair to the host, where a tor of the
   private network listens (SOCKS and control) on the host side.  Nothing
@@ -54,7 +52,6 @@ pytestmark = pytest.mark.slow
 REPO = "films"
 REPO_SIZES = [6 * MiB, 2 * MiB, 777]
 ONION_PEER_HOST = "127.0.0.21"
-CLEAR_PEER_HOST = "127.0.0.22"
 TOR_START = 150.0       # a peer that launches its own tor on the private network
 LINK_TIMEOUT = 120.0    # first gossip link through Tor (onion rendezvous included)
 ONION_RE = re.compile(r"^wss://([a-z2-7]{56})\.onion:8701/gossip$")
@@ -247,11 +244,6 @@ def world(tor_network, tmp_path_factory):
                  "the onion peer registered through Tor")
         figures["onion peer: start to registered (s)"] = round(time.monotonic() - started, 2)
 
-        clear = PeerNode(workdir, "clear1", broadcast=True, host=CLEAR_PEER_HOST,
-                         bootstraps=[bootstrap.url])
-        nodes.append(clear)
-        clear.start()
-
         # The silent peer's tor listens on the host side of the veth pair.
         ns.__enter__()
         socks_port, control_port = free_ports(2)
@@ -270,7 +262,7 @@ def world(tor_network, tmp_path_factory):
         audit.start()
         yield {
             "workdir": workdir, "bootstrap": bootstrap, "boot_url": boot_url,
-            "onion": onion, "onion_host": host, "clear": clear, "silent": silent,
+            "onion": onion, "onion_host": host, "silent": silent,
             "silent_started": started, "ns": ns, "audit": audit, "expected": expected,
             "socks": (ns.host_ip, socks_port), "control": (ns.host_ip, control_port),
             "tor_workdir": tor_network.workdir, "silent_tor": silent_tor.name,
@@ -288,7 +280,7 @@ def world(tor_network, tmp_path_factory):
 
 
 def test_silent_peer_finds_and_downloads_an_onion_only_repo_through_tor(world):
-    silent, onion, clear = world["silent"], world["onion"], world["clear"]
+    silent, onion = world["silent"], world["onion"]
     figures = world["figures"]
     onion_id = onion.peer_id()
 
@@ -335,11 +327,6 @@ def test_silent_peer_finds_and_downloads_an_onion_only_repo_through_tor(world):
     figures["download over Tor (MB/s, 8 MiB repo, incl. metadata and verification)"] = round(
         total / elapsed / 1e6, 2)
 
-    # The clearnet peer learnt the onion peer's record but, without Tor, never
-    # dials an onion address.
-    assert any(p["peer_id"] == onion_id for p in clear.peers())
-    assert onion_id not in clear.status()["outbound_peers"]
-
     # Nothing direct: the namespace reaches only the tor on the host side ...
     ns = world["ns"]
     assert not ns.can_connect("127.0.0.1", world["bootstrap"].port)
@@ -378,8 +365,7 @@ def test_restarted_onion_peer_keeps_its_onion_address(world):
 
 
 def test_no_other_node_holds_a_trace_of_the_silent_peer(world):
-    silent, onion, clear, bootstrap = (world["silent"], world["onion"], world["clear"],
-                                       world["bootstrap"])
+    silent, onion, bootstrap = world["silent"], world["onion"], world["bootstrap"]
     silent_id = silent.peer_id()
     der = public_key_der(silent.state_dir)
     assert hashlib.sha256(der).hexdigest() == silent_id
@@ -387,7 +373,7 @@ def test_no_other_node_holds_a_trace_of_the_silent_peer(world):
 
     # Live answers of every other node, and the bootstrap's database.
     api = {}
-    for peer in (onion, clear):
+    for peer in (onion, silent):
         api[f"{peer.name} /api/peers + /api/status"] = json.dumps(
             [peer.api("GET", "peers"), peer.api("GET", "status")]).encode()
     api["bootstrap /api/bootstrap/discover"] = json.dumps(
@@ -399,7 +385,6 @@ def test_no_other_node_holds_a_trace_of_the_silent_peer(world):
                 live_database += f.read()
     # Stop the others first (their snapshots and logs are written), then the silent one.
     onion.stop()
-    clear.stop()
     silent.stop()
     bootstrap.stop()
 
@@ -420,11 +405,31 @@ def test_no_other_node_holds_a_trace_of_the_silent_peer(world):
     assert any(p.endswith("onion1.log") for p in files)
     assert any(p.endswith("bootstrap.sqlite") for p in files)
     assert any(p.endswith("relay0.log") for p in files)
-    sources = dict(files, **api)
+    sources = dict(files, **{k: v for k, v in api.items() if not k.startswith("silent1")})
     sources["bootstrap database while running"] = live_database
     leaks = {src: _hits(data, needles) for src, data in sources.items()}
     leaks = {src: hits for src, hits in leaks.items() if hits}
     assert not leaks, f"the silent peer is visible in other nodes' data: {leaks}"
+
+    # The onion-only peer's own socket address (where its tor reaches it)
+    # never left it either: not in the bootstrap, nor any other peer, the
+    # silent one included.
+    onion_own = (os.path.join(world["workdir"], "onion1"),
+                 os.path.join(world["workdir"], "onion1.log"))
+    local = {"onion1 listening address": ONION_PEER_HOST.encode()}
+    others = {src: data for src, data in dict(files, **api).items()
+              if not src.startswith(onion_own) and not src.startswith("onion1 ")}
+    with open(silent.log_path, "rb") as f:
+        others["silent1.log"] = f.read()
+    for root, _, names in os.walk(silent.state_dir):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                others[os.path.join(root, name)] = f.read()
+    assert any(src.endswith("peers.snapshot") and src.startswith(silent.state_dir)
+               for src in others)
+    others["bootstrap database while running"] = live_database
+    seen = {src: _hits(data, local) for src, data in others.items()}
+    assert not {src: hits for src, hits in seen.items() if hits}, seen
 
     # Sanity: the same scan finds the onion peer where it should be.
     onion_needles = _needles(_peer_id_of(onion), public_key_der(onion.state_dir),

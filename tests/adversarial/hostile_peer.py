@@ -89,6 +89,17 @@ class Attacker:
         return msgpack.packb({"v": constants.PROTOCOL_VERSION, "type": int(mtype), "ttl": ttl,
                               "body": body, "sig": sig}, use_bin_type=True)
 
+    def forged_hello(self, victim, victim_key=None):
+        """A broadcasting HELLO whose record names ``victim`` (signed by us)."""
+        changes = {"peer_id": victim}
+        if victim_key:
+            changes["public_key"] = victim_key
+        rec, rsig = self.record_as(**changes)
+        body = codec.encode_body(T.HELLO, {
+            "id": os.urandom(16), "ts": now_ms(), "versions": [constants.PROTOCOL_VERSION],
+            "bc": True, "rec": rec, "rsig": rsig, "repos": 0, "digest": bytes(16), "n": 0})
+        return codec.encode(T.HELLO, 0, body)
+
     def record_as(self, **changes):
         """The attacker's record with fields replaced, canonical bytes + own signature."""
         record = dict(self.entry.record, **changes)
@@ -173,19 +184,41 @@ def attack_silent_impersonation(a, opts):
     return frames
 
 
-def timed_flood(a, opts):
-    """``opts.rate`` frames per second for ``opts.seconds``: fresh ids, current
-    timestamps, valid signatures (each costs the receiver a verification)."""
-    total = int(opts.rate * opts.seconds)
-    started = time.monotonic()
-    frames = [a.push() for _ in range(total)]
-    emit("prepared", frames=total, seconds=round(time.monotonic() - started, 2))
+def attack_hello_impersonation(a, opts):
+    """The HELLO (sent on open) claimed to be ``--victim``; now talk as if it
+    had been accepted."""
+    frames = []
+    for _ in range(6):
+        body = codec.encode_body(T.HEARTBEAT, {"id": os.urandom(16), "ts": now_ms(),
+                                               "digest": bytes(16), "n": 0, "load": 0})
+        frames.append(codec.encode(T.HEARTBEAT, 1, body))
     return frames
 
 
+class Fresh:
+    """``count`` frames, each made when it is sent (so its id is new and its
+    timestamp current however long the attack lasts)."""
+
+    def __init__(self, count, make):
+        self.count, self.make = count, make
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, part):
+        start, stop, _ = part.indices(self.count)
+        return [self.make() for _ in range(start, stop)]
+
+
+def timed_flood(a, opts):
+    """``opts.rate`` frames per second for ``opts.seconds``: fresh ids, current
+    timestamps, valid signatures (each costs the receiver a verification)."""
+    return Fresh(int(opts.rate * opts.seconds), a.push)
+
+
 def timed_request_storm(a, opts):
-    total = int(opts.rate * opts.seconds)
-    return [a.request(f"nothing-{os.urandom(6).hex()}") for _ in range(total)]
+    return Fresh(int(opts.rate * opts.seconds),
+                 lambda: a.request(f"nothing-{os.urandom(6).hex()}"))
 
 
 ATTACKS = {
@@ -197,6 +230,7 @@ ATTACKS = {
     "truncated": attack_truncated,
     "oversized": attack_oversized,
     "silent_impersonation": attack_silent_impersonation,
+    "hello_impersonation": attack_hello_impersonation,
     "flood": timed_flood,
     "request_storm": timed_request_storm,
     "replay": None,  # built from captured frames (see Session.replay)
@@ -266,7 +300,11 @@ class Session:
         # "sent" then counts frames the connection took, not our own queue.
         self.pressure = Pressure()
         proto.transport.registerProducer(self.pressure, True)
-        proto.sendMessage(self.attacker.hello(silent=self.opts.silent), isBinary=True)
+        if self.opts.attack == "hello_impersonation":
+            hello = self.attacker.forged_hello(self.opts.victim, self.opts.victim_key)
+        else:
+            hello = self.attacker.hello(silent=self.opts.silent)
+        proto.sendMessage(hello, isBinary=True)
         if not self.open_d.called:
             self.open_d.callback(True)
 

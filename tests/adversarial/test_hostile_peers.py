@@ -93,7 +93,7 @@ def attack(net, name, *args, expect_cut_off=True, linger=15, during=True):
         assert_cut_off(target, watch, result)
     # Shown with pytest -s: the figures docs/security.md quotes.
     print(f"\n{name}: sent {result['sent']}, close {result['close_code']}, "
-          f"retry {result.get('retry')}, score {peer_entry(target, result['peer_id'])['score']}, "
+          f"retry {result.get('retry')}, score {(peer_entry(target, result['peer_id']) or {}).get('score')}, "
           f"RSS growth KiB {growth}; " + str({k: result[k] for k in (
               "links", "links_cut_off", "frames_total", "send_seconds", "flood_dropped")
               if k in result}))
@@ -275,6 +275,33 @@ def test_silent_peer_impersonation(net):
         assert silent_id not in node.log(), node.name
         if hasattr(node, "api"):
             assert silent_id not in str(node.peers()) and silent_id not in str(node.status())
+
+
+@pytest.mark.parametrize("who", ["silent", "broadcasting"])
+def test_hello_claiming_to_be_another_peer(net, who):
+    """A HELLO whose record names a silent peer's (or another broadcasting
+    peer's) peer_id, over a TLS link proving the attacker's own key: refused
+    as impersonation; the frames that follow are refused as "no HELLO" and the
+    link is cut off.  The attacker stays anonymous (its HELLO never
+    counted), so there is no peer_id to refuse: each new try costs it a fresh
+    TLS handshake and is cut off the same way."""
+    victim = net.silent[0] if who == "silent" else net.broadcasters[2]
+    victim_id = victim.peer_id()
+    before = {p.name: peer_entry(p, victim_id) for p in net.running_peers()}
+    key = b64encode(identity_of(victim).public_key_der)
+    result, watch, target = attack(net, "hello_impersonation", "--victim", victim_id,
+                                   "--victim-key", key, expect_cut_off=False)
+    assert result["closed_by_target"] and result["close_code"] == 4008, result
+    assert "score below the cut-off" in watch.new_log(target)
+    assert peer_entry(target, result["peer_id"]) is None  # never took its record
+    for p in net.running_peers():
+        if p is not victim:
+            after = peer_entry(p, victim_id)
+            assert (after is None) == (before[p.name] is None), p.name
+            if after is not None:
+                assert after["addresses"] == before[p.name]["addresses"], p.name
+    if who == "silent":
+        assert_table_clean(net, victim_id)
 
 
 def _address(peer):

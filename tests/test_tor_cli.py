@@ -9,7 +9,6 @@ or an option combination refused before anything starts.
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
@@ -141,26 +140,3 @@ def test_help_documents_the_tor_options(tmp_path):
     for option in ("--tor", "--onion", "--onion-only", "--tor-control", "--torrc",
                    "--tor-timeout", "--tor-control-password-file"):
         assert option in out.stdout, option
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
-def test_etc_tor_example_is_a_valid_torrc(tmp_path):
-    """etc/tor/torrc.peernet passes tor's own check (its onion directory moved
-    to a temporary one; with Debian's defaults, which open the control socket)."""
-    example = os.path.join(os.path.dirname(__file__), os.pardir, "etc", "tor", "torrc.peernet")
-    with open(example) as f:
-        text = f.read()
-    assert "HiddenServiceDir /var/lib/tor/peernet-bootstrap/" in text
-    hsd = tmp_path / "hs"
-    hsd.mkdir(mode=0o700)
-    torrc = tmp_path / "torrc"
-    torrc.write_text(text.replace("/var/lib/tor/peernet-bootstrap/", f"{hsd}/")
-                     + f"DataDirectory {tmp_path / 'data'}\n")
-    out = subprocess.run(["tor", "--verify-config", "-f", str(torrc),
-                          "--defaults-torrc", os.devnull],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "Configuration was valid" in out.stdout

@@ -370,9 +370,11 @@ class RepoService(Service):
         if summary is None:
             raise NotFound(f"nobody in reach shares {name or infohash}", code="no_seeders")
         dest = os.path.abspath(dest or self.downloads_dir)
-        seeders = await self._dialable(seeders)
+        why = []
+        seeders = await self._dialable(seeders, why)
         if not seeders:
-            raise NotFound(f"no seeder of {name or infohash} can be reached through tor",
+            raise NotFound(f"no seeder of {name or infohash} can be reached: "
+                           f"{why[-1] if why else 'tor mapped none of them'}",
                            code="no_seeders")
         job = DownloadJob(summary, dest, seeders)
         job.started_at = self.reactor.seconds()
@@ -385,8 +387,9 @@ class RepoService(Service):
         self._notify(job)
         return job
 
-    async def _dialable(self, seeders):
-        """``seeders`` keyed by addresses libtorrent can dial (``map_host``)."""
+    async def _dialable(self, seeders, why=None):
+        """``seeders`` keyed by addresses libtorrent can dial (``map_host``);
+        the reason of each seeder left out is appended to ``why``."""
         if self.map_host is None:
             return seeders
         out = {}
@@ -395,6 +398,8 @@ class RepoService(Service):
                 ip = await self.map_host(host)
             except PeernetError as e:
                 log.warn("cannot reach seeder {host}: {error}", host=host, error=str(e))
+                if why is not None:
+                    why.append(str(e))
                 continue
             out[(ip, port)] = peer_id
         return out

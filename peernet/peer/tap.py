@@ -171,6 +171,10 @@ class Options(_Options):
             raise ConfigError("--tor-timeout must be a number of seconds from 1 to 3600")
         if not self["use-tor"]:
             return
+        try:
+            import txtorcon  # noqa: F401
+        except ImportError:
+            raise ConfigError("--tor and --onion need the txtorcon package (pip install txtorcon)")
         if self["tor-control"] is not None:
             if self["torrc"] is not None:
                 raise ConfigError("--torrc configures the tor this peer launches; it cannot "

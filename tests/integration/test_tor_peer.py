@@ -327,6 +327,10 @@ def test_silent_peer_finds_and_downloads_an_onion_only_repo_through_tor(world):
     figures["download over Tor (MB/s, 8 MiB repo, incl. metadata and verification)"] = round(
         total / elapsed / 1e6, 2)
 
+    # An onion-only peer dials no seeder itself (that would show its address).
+    with pytest.raises(RuntimeError, match="dials no seeder"):
+        onion.api("POST", "get", {"repo": REPO, "dest": os.path.join(world["base"], "x")})
+
     # Nothing direct: the namespace reaches only the tor on the host side ...
     ns = world["ns"]
     assert not ns.can_connect("127.0.0.1", world["bootstrap"].port)

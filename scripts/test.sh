@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PEERNET_EXTRAS="[test]"
-PEERNET_APT="wrk opentracker chromium chromium-driver graphviz postgresql tor curl systemd faketime"   # benchmark load generator and reference; headless browser (dashboard); dot (peernet graph --svg); twist bootstrap --db postgresql://; private Tor network (tests, benchmarks/tor.py); curl and systemd-analyze (docs/deployment.md walk-through, unit checks); libfaketime (clock-skew chaos test)
+PEERNET_APT="wrk opentracker chromium chromium-driver graphviz postgresql tor curl systemd faketime iproute2"   # benchmark load generator and reference; headless browser (dashboard); dot (peernet graph --svg); twist bootstrap --db postgresql://; private Tor network (tests, benchmarks/tor.py); curl and systemd-analyze (docs/deployment.md walk-through, unit checks); libfaketime (clock-skew chaos test); ip netns (the Tor test's network namespace)
 PEERNET_NPM="tests/webtorrent"  # a stock WebTorrent client for the interop test
 . scripts/install.sh
 

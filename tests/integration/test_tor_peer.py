@@ -52,6 +52,7 @@ pytestmark = pytest.mark.slow
 REPO = "films"
 REPO_SIZES = [6 * MiB, 2 * MiB, 777]
 ONION_PEER_HOST = "127.0.0.21"
+CLEAR_PEER_HOST = "127.0.0.22"
 TOR_START = 150.0       # a peer that launches its own tor on the private network
 LINK_TIMEOUT = 120.0    # first gossip link through Tor (onion rendezvous included)
 ONION_RE = re.compile(r"^wss://([a-z2-7]{56})\.onion:8701/gossip$")
@@ -266,7 +267,7 @@ def world(tor_network, tmp_path_factory):
             "silent_started": started, "ns": ns, "audit": audit, "expected": expected,
             "socks": (ns.host_ip, socks_port), "control": (ns.host_ip, control_port),
             "tor_workdir": tor_network.workdir, "silent_tor": silent_tor.name,
-            "figures": figures, "base": str(base),
+            "figures": figures, "base": str(base), "nodes": nodes,
         }
         audit.halt.set()
     finally:
@@ -368,6 +369,30 @@ def test_restarted_onion_peer_keeps_its_onion_address(world):
         time.monotonic() - t0, 2)
 
 
+def test_clearnet_peer_without_tor_skips_onion_addresses(world):
+    """A broadcasting peer without Tor (127.0.0.22, registered directly with the
+    bootstrap) learns the onion peer's record but never dials its onion
+    address.  The silent peer learns it too and may only try it through Tor:
+    from the namespace it is unreachable.  (Not asserted: a link through an
+    exit relay; the private network's loopback exits come and go in its
+    consensus, so the Tor tests rely on onion services only.)"""
+    clear = PeerNode(world["workdir"], "clear1", broadcast=True, host=CLEAR_PEER_HOST,
+                     bootstraps=[world["bootstrap"].url])
+    world["nodes"].append(clear)
+    clear.start()
+    world["clear"] = clear
+    gossip_port = int(clear.wait_for_log(r"gossip listening on port (\d+)").group(1))
+    assert not world["ns"].can_connect(CLEAR_PEER_HOST, gossip_port)
+    onion_id = world["onion"].peer_id()
+    wait_for(lambda: any(p["peer_id"] == onion_id for p in clear.peers()), 60,
+             "the onion peer's record at the clearnet peer")
+    time.sleep(3)  # time to dial, if it were to
+    assert onion_id not in clear.status()["outbound_peers"]
+    # a dial to an onion name without Tor would fail and be logged
+    assert f"dial to {onion_id}" not in clear.log()
+    assert f"to {onion_id} open" not in clear.log()
+
+
 def test_no_other_node_holds_a_trace_of_the_silent_peer(world):
     silent, onion, bootstrap = world["silent"], world["onion"], world["bootstrap"]
     silent_id = silent.peer_id()
@@ -376,8 +401,10 @@ def test_no_other_node_holds_a_trace_of_the_silent_peer(world):
     needles = _needles(silent_id, der, world["ns"].ns_ip)
 
     # Live answers of every other node, and the bootstrap's database.
+    clear = world.get("clear")
+    other_peers = [onion] + ([clear] if clear is not None else [])
     api = {}
-    for peer in (onion, silent):
+    for peer in other_peers + [silent]:
         api[f"{peer.name} /api/peers + /api/status"] = json.dumps(
             [peer.api("GET", "peers"), peer.api("GET", "status")]).encode()
     api["bootstrap /api/bootstrap/discover"] = json.dumps(
@@ -388,7 +415,8 @@ def test_no_other_node_holds_a_trace_of_the_silent_peer(world):
             with open(bootstrap.db_path + suffix, "rb") as f:
                 live_database += f.read()
     # Stop the others first (their snapshots and logs are written), then the silent one.
-    onion.stop()
+    for peer in other_peers:
+        peer.stop()
     silent.stop()
     bootstrap.stop()
 

@@ -116,6 +116,10 @@ def test_tor_that_cannot_bootstrap_gives_up_after_the_timeout(tmp_path):
     elapsed = time.monotonic() - t0
     one_line_error(out, "did not finish bootstrapping within 4 s", "--tor-timeout")
     assert out.returncode == 1
+    # the tor it launched: its data in the state directory, a circuit per destination
+    torrc = (tmp_path / "state" / "tor" / "torrc").read_text()
+    assert "SocksPort 127.0.0.1:auto IsolateDestAddr IsolateDestPort" in torrc
+    assert "DirAuthority nobody" in torrc  # the --torrc lines
     assert 3.5 < elapsed < 40, elapsed
     # the private tor it launched is gone with it
     deadline = time.monotonic() + 10

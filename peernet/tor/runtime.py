@@ -553,7 +553,9 @@ def launch_tor(reactor, data_dir, extra_lines=(), timeout=BOOTSTRAP_TIMEOUT, tor
     torrc = os.path.join(data_dir, "torrc")
     lines = [
         f"DataDirectory {data_dir}",
-        "SocksPort 127.0.0.1:auto",
+        # A circuit per destination: an exit or a relay cannot tell that two
+        # gossip links (or a link and a bootstrap call) come from one peer.
+        "SocksPort 127.0.0.1:auto IsolateDestAddr IsolateDestPort",
         "ControlPort 127.0.0.1:auto",
         f"ControlPortWriteToFile {port_file}",
         "CookieAuthentication 1",

@@ -165,7 +165,7 @@ class Options(_Options):
             raise ConfigError("--tor-control-password-file needs --tor-control")
         try:
             self["tor-timeout"] = float(self["tor-timeout"])
-            if not 0 < self["tor-timeout"] <= 3600:
+            if not 1 <= self["tor-timeout"] <= 3600:
                 raise ValueError
         except ValueError:
             raise ConfigError("--tor-timeout must be a number of seconds from 1 to 3600")

@@ -144,3 +144,49 @@ def test_help_documents_the_tor_options(tmp_path):
     for option in ("--tor", "--onion", "--onion-only", "--tor-control", "--torrc",
                    "--tor-timeout", "--tor-control-password-file"):
         assert option in out.stdout, option
+
+
+@pytest.fixture
+def password_tor(tmp_path):
+    """A tor with a control password and no network (it never bootstraps)."""
+    hashed = subprocess.run(["tor", "--quiet", "--hash-password", "s3cret"], capture_output=True,
+                            text=True, timeout=30).stdout.strip().splitlines()[-1]
+    data = tmp_path / "tor-data"
+    data.mkdir(mode=0o700)
+    port_file = data / "control.port"
+    torrc = tmp_path / "password.torrc"
+    torrc.write_text("\n".join([
+        f"DataDirectory {data}", "DisableNetwork 1", "SocksPort 127.0.0.1:auto",
+        "ControlPort 127.0.0.1:auto", f"ControlPortWriteToFile {port_file}",
+        "CookieAuthentication 0", f"HashedControlPassword {hashed}",
+        f"__OwningControllerProcess {os.getpid()}", "Log notice stdout"]) + "\n")
+    proc = subprocess.Popen(["tor", "-f", str(torrc), "--defaults-torrc", os.devnull],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        port = port_file.read_text().strip().rsplit(":", 1)[1]
+        yield f"tcp:127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_control_password_file(tmp_path, password_tor):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text("s3cret\n")
+    bad.write_text("wrong\n")
+    # the right password gets past authentication (then this tor, without a
+    # network, never bootstraps)
+    out = run(tmp_path, "--tor", "--tor-control", password_tor,
+              "--tor-control-password-file", str(good), "--tor-timeout", "2")
+    one_line_error(out, "did not finish bootstrapping within 2 s")
+    out = run(tmp_path, "--tor", "--tor-control", password_tor,
+              "--tor-control-password-file", str(bad), "--tor-timeout", "2")
+    one_line_error(out, "refused us")
+    assert out.returncode == 1

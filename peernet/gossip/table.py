@@ -111,9 +111,13 @@ class PeerTable:
     def offer(self, entry, now):
         """Add or replace; returns "added", "updated", "refreshed" or None.
 
-        None means nothing changed: an equal or older copy, or an expired one.
+        None means nothing changed: an equal or older copy, an expired one, or
+        one issued further ahead of ``now`` than the clock-skew window allows
+        (a record dated years ahead would otherwise never expire anywhere).
         """
         if entry.expires_at <= now:
+            return None
+        if entry.record["issued_at"] / 1000.0 > now + constants.CLOCK_SKEW_SECONDS:
             return None
         old = self._entries.get(entry.peer_id)
         if old is not None:

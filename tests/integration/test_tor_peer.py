@@ -281,7 +281,7 @@ def world(tor_network, tmp_path_factory):
             "socks": (ns.host_ip, socks_port), "control": (ns.host_ip, control_port),
             "tor_workdir": tor_network.workdir, "silent_tor": silent_tor.name,
             "figures": figures, "base": str(base), "nodes": nodes,
-            "fresh_socks": ("127.0.0.1", boot_tor.socks_port),
+            "fresh_socks": ("127.0.0.1", boot_tor.socks_port), "torrc": torrc,
         }
         audit.halt.set()
     finally:
@@ -408,6 +408,46 @@ def test_clearnet_peer_without_tor_skips_onion_addresses(world):
     # a dial to an onion name without Tor would fail and be logged
     assert f"dial to {onion_id}" not in clear.log()
     assert f"to {onion_id} open" not in clear.log()
+
+
+def test_silent_peer_with_the_tor_it_launches(world):
+    """The default: no --tor-control, the peer launches its own tor (here with
+    the private network's --torrc) and finds the repo through it."""
+    silent2 = PeerNode(world["workdir"], "silent2", broadcast=False, host=None,
+                       bootstraps=[world["boot_url"]], start_timeout=60,
+                       extra=["--tor", "--torrc", world["torrc"]])
+    world["nodes"].append(silent2)
+    t0 = time.monotonic()
+    silent2.start()
+    onion_id = world["onion"].peer_id()
+    wait_for(lambda: onion_id in silent2.status()["outbound_peers"], LINK_TIMEOUT,
+             "a link from a silent peer with its own tor")
+    world["figures"]["silent peer launching its own tor: start to first link (s)"] = round(
+        time.monotonic() - t0, 2)
+    found = silent2.search(repo=REPO, network_only=True, timeout=10)
+    assert {verify_signed_record(r)["peer_id"] for r in found} == {onion_id}
+    # its tor lives in its state directory, and dies with it
+    torrc = os.path.join(silent2.state_dir, "tor", "torrc")
+    assert os.path.exists(torrc)
+    silent2.stop()
+    deadline = time.monotonic() + 15
+    while _tor_pids_under(silent2.state_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _tor_pids_under(silent2.state_dir) == []
+
+
+def _tor_pids_under(path):
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"tor") and any(path.encode() in a for a in argv):
+                found.append(int(pid))
+    return found
 
 
 def test_no_other_node_holds_a_trace_of_the_silent_peer(world):

@@ -56,7 +56,8 @@ class Options(_Options):
          "File holding the --tor-control password (when that tor uses HashedControlPassword)."],
         ["torrc", None, None,
          "Extra torrc lines for the tor this peer launches (private or test Tor networks)."],
-        ["tor-timeout", None, "120", "Seconds tor may take to bootstrap before the peer gives up."],
+        ["tor-timeout", None, None,
+         "Seconds tor may take to bootstrap before the peer gives up (default 120)."],
     ]
 
     def __init__(self):
@@ -154,7 +155,7 @@ class Options(_Options):
             raise ConfigError("--onion needs --broadcast (a silent peer publishes nothing; "
                               "use --tor)")
         self["use-tor"] = self["tor"] or self["onion"]
-        for option in ("tor-control", "tor-control-password-file", "torrc"):
+        for option in ("tor-control", "tor-control-password-file", "torrc", "tor-timeout"):
             if self[option] is not None and not self["use-tor"]:
                 raise ConfigError(f"--{option} needs --tor or --onion")
         if self["tor"] and self["bind-address"] is not None:
@@ -164,7 +165,7 @@ class Options(_Options):
         if self["tor-control-password-file"] is not None and self["tor-control"] is None:
             raise ConfigError("--tor-control-password-file needs --tor-control")
         try:
-            self["tor-timeout"] = float(self["tor-timeout"])
+            self["tor-timeout"] = float(self["tor-timeout"] or 120)
             if not 1 <= self["tor-timeout"] <= 3600:
                 raise ValueError
         except ValueError:

@@ -66,6 +66,7 @@ def tor_processes_of(state_dir):
     (["--onion-only"], "--onion needs --broadcast"),
     (["--tor-control", "tcp:127.0.0.1:9051"], "--tor-control needs --tor or --onion"),
     (["--torrc", "x"], "--torrc needs --tor or --onion"),
+    (["--tor-timeout", "30"], "--tor-timeout needs --tor or --onion"),
     (["--tor", "--bind-address", "127.0.0.1"], "--bind-address has no use with --tor"),
     (["--tor", "--tor-control", "nonsense:1"], "--tor-control"),
     (["--tor", "--tor-control", "tcp:127.0.0.1:9051", "--torrc", "/dev/null"], "--torrc"),

@@ -145,12 +145,26 @@ def respond(request, status, obj):
     request.finish()
 
 
+def header(request, name):
+    """A request header as text, "" when absent.
+
+    ``request.getHeader`` decodes as UTF-8 and raises on other bytes, which
+    turned a garbled header into a 500; header bytes are latin-1 by HTTP's
+    rules, which decodes anything.
+    """
+    values = request.requestHeaders.getRawHeaders(name.encode("ascii"))
+    if not values:
+        return ""
+    value = values[-1]
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
 def read_json_body(request):
     if getattr(request.content, "overflowed", False):
         raise PayloadTooLarge(
             f"the request body is larger than {constants.MAX_MESSAGE_BYTES} bytes"
         )
-    ctype = (request.getHeader("Content-Type") or "").split(";")[0].strip().lower()
+    ctype = header(request, "Content-Type").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise UnsupportedMediaType("the request body must be sent as application/json")
     request.content.seek(0)

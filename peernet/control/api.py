@@ -17,7 +17,7 @@ import os
 import secrets
 
 from peernet.errors import BadRequest, PeernetError
-from peernet.jsonapi import STREAMING, JSONAPI, query_arguments
+from peernet.jsonapi import STREAMING, JSONAPI, header as request_header, query_arguments
 from peernet.schemas import validator as schema_validator
 
 TOKEN_FILE = "control.token"
@@ -122,12 +122,12 @@ class ControlAPI(JSONAPI):
         return hmac.compare_digest(given, self.session_value())
 
     def authorize(self, request):
-        header = request.getHeader("Authorization") or ""
+        header = request_header(request, "Authorization")
         given = header[7:].strip().encode() if header.startswith("Bearer ") else b""
         if hmac.compare_digest(given, self.token):
             return
         if not header and self.has_session(request):
-            if request.method != b"GET" and request.getHeader(CSRF_HEADER) != "1":
+            if request.method != b"GET" and request_header(request, CSRF_HEADER) != "1":
                 raise CSRFRefused(f"a request authenticated by the dashboard cookie must "
                                   f"carry the header {CSRF_HEADER}: 1")
             return

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 from twisted.web.resource import Resource
 
 from peernet.control.api import CSRF_HEADER, SESSION_COOKIE
+from peernet.jsonapi import header
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 CONTENT_TYPES = {
@@ -132,7 +133,7 @@ class DashboardRoot(Resource):
         if request.method == b"GET":
             values = parse_qs(request.uri.decode("latin-1").partition("?")[2])
         elif request.method == b"POST":
-            ctype = (request.getHeader("Content-Type") or "").split(";")[0].strip().lower()
+            ctype = header(request, "Content-Type").split(";")[0].strip().lower()
             if ctype != "application/x-www-form-urlencoded":
                 return self._plain(request, 415, "Send the login form as a web form.")
             request.content.seek(0)
@@ -153,7 +154,7 @@ class DashboardRoot(Resource):
         return self._redirect(request, b"/")
 
     def _logout(self, request):
-        if request.getHeader(CSRF_HEADER) != "1":
+        if header(request, CSRF_HEADER) != "1":
             return self._plain(request, 403, f"Logging out needs the header {CSRF_HEADER}: 1.")
         request.addCookie(SESSION_COOKIE, b"", path=b"/", httpOnly=True, sameSite="strict",
                           max_age=b"0", expires=b"Thu, 01 Jan 1970 00:00:00 GMT")

@@ -223,6 +223,7 @@ def _bad_inputs():
             lambda f: f["signed_record"]["record"].update(
                 addresses=[f"wss://127.0.0.1:{p}/g" for p in range(1000, 1017)])), 400),
         "over 64 KiB": lambda: ("POST", REGISTER, b"{" + b" " * (64 * 1024) + b"}", json_headers("AAAA"), 413),
+        "content type not utf-8": lambda: ("POST", REGISTER, signed()[0], {"Content-Type": b"application/\xffjson", "Peernet-Signature": signed()[1]}, 415),
         "wrong content type": lambda: ("POST", REGISTER, signed()[0], {"Content-Type": "text/plain", "Peernet-Signature": signed()[1]}, 415),
         "missing signature": lambda: ("POST", REGISTER, signed()[0], json_headers(), 401),
         "signature not base64": lambda: ("POST", REGISTER, signed()[0], json_headers("***"), 400),

@@ -298,6 +298,22 @@ def test_dashboard_cookie_and_csrf(net):
               headers={"Cookie": cookie, "X-Peernet": "1"}) == {"broadcasting": True}
 
 
+def test_headers_that_are_not_utf8_get_4xx(net):
+    # Twisted's getHeader decodes as UTF-8; a garbled header once made a 500.
+    error(net.seeder, "POST", "broadcast", raw=b'{"on": true}',
+          headers={"Content-Type": b"application/\xffjson"}, status=415)
+    error(net.seeder, "GET", "status", token=False,
+          headers={"Authorization": b"Bearer \xff\xfe"}, status=401)
+    parts = urlsplit(net.seeder.control_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn.request("POST", "/logout", headers={"X-Peernet": b"\xff"})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 403
+    assert ok(net.seeder, "GET", "status")["peer_id"] == net.seeder_id
+
+
 def test_peers_sort_and_filter(net):
     quiet = net.quiet
 

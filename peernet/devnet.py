@@ -172,6 +172,13 @@ class PeerNode(NodeProcess):
             self.token = f.read().strip()
         if self.broadcast:
             self.wait_for_log(r"gossip listening on port", timeout=self.start_timeout)
+            # "listening" is logged before the node's record is issued; callers
+            # that publish repos right away need the node to be broadcasting.
+            while not self.status().get("broadcasting"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not start broadcasting "
+                                       f"within {self.start_timeout} s")
+                time.sleep(0.02)
         return self
 
     # -- control API --------------------------------------------------------------

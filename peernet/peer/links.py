@@ -171,6 +171,13 @@ class _GossipProtocolMixin:
     def onMessage(self, payload, isBinary):
         self._call_owner("link_message", self.link, payload, isBinary)
 
+    def _max_message_size_exceeded(self, msg_size, max_msg_size, reason):
+        # Autobahn's hook for a frame or message over the 64 KiB limit: it
+        # fails the connection; the owner also charges the sender (no honest
+        # peer sends one), so it cannot just reconnect and do it again.
+        self._call_owner("link_oversized", self.link)
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
     def onPong(self, payload):
         # The answer to the owner's round-trip probe (GossipService._probe).
         self._call_owner("link_pong", self.link, payload)

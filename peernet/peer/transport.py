@@ -628,6 +628,22 @@ class GossipService(service.Service):
         link.superseded = True  # already accounted for by the refusal
         self._close(link, CLOSE_POLICY_VIOLATION, reason)
 
+    def link_oversized(self, link):
+        """A frame over MAX_MESSAGE_BYTES: Autobahn is already failing the link
+        (close code 1009); no honest peer sends one, so it is a cut-off."""
+        if link is None or link.lost:
+            return
+        self.penalties_total += 1
+        self.scores.penalize(self._score_key(link), "oversized")
+        self.cut_offs_total += 1
+        remote = self._broadcasting_remote(link)
+        if remote is not None:
+            self.scores.refuse(remote)
+            link.superseded = True  # accounted for by the refusal, not a dial failure
+        log.info("gossip link {link_id} closed (a frame over {limit} bytes){refused}",
+                 link_id=link.id, limit=constants.MAX_MESSAGE_BYTES,
+                 refused="; peer refused for a while" if remote is not None else "")
+
     def _broadcasting_remote(self, link):
         """The remote's peer_id if it is a broadcasting peer (else None)."""
         if link.outbound:

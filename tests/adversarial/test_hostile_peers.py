@@ -155,10 +155,19 @@ def test_invalid_frames(net, name):
 
 def test_oversized_frames(net):
     """A frame over 64 KiB: Autobahn refuses it (frame and message limits) and
-    drops the connection before the GossipCore sees a byte of it."""
+    drops the connection before the GossipCore sees a byte of it; the sender
+    is charged and refused, so it cannot reconnect and do it again."""
     result, watch, target = attack(net, "oversized", expect_cut_off=False)
     assert result["closed_by_target"], result
     assert result["close_code"] in (1006, 1009), result
+    attacker = result["peer_id"]
+    log = watch.new_log(target)
+    assert "(a frame over 65536 bytes); peer refused for a while" in log, log[-3000:]
+    assert f"TLS peer {attacker} refused" in log, log[-3000:]
+    assert result["retry"] == "refused", result
+    score = peer_entry(target, attacker)["score"]
+    assert score["refused_until"] is not None and score["refused_until"] > time.time(), score
+    assert score["penalties"] > 0, score
 
 
 def test_replay_inside_the_window_changes_nothing(net):

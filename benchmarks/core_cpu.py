@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""CPU per relayed PEER_UPDATE inside one GossipCore, no sockets (issue 9).
+
+The in-process half of ``benchmarks/costs.py``'s CPU measurement: the same
+workload (a table preloaded with M signed records, 8 ready links, M
+PEER_UPDATE frames carrying a new version of each record, relayed to FANOUT
+links) fed straight into ``GossipCore.receive`` on a virtual clock, so the
+protocol's own cost is seen without TLS, Autobahn or the reactor.  Reports
+µs per message (process CPU time) and, with ``--profile``, the top functions
+by cumulative time (cProfile).
+
+    .venv/bin/python benchmarks/core_cpu.py [--messages 3000] [--rounds 3] [--profile]
+"""
+
+import argparse
+import cProfile
+import hashlib
+import os
+import pstats
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from peernet import constants  # noqa: E402
+from peernet.gossip import codec  # noqa: E402
+from peernet.gossip.codec import MessageType  # noqa: E402
+from peernet.gossip.core import GossipCore  # noqa: E402
+from peernet.gossip.memnet import HeapClock  # noqa: E402
+from peernet.gossip.table import entry_from_wire  # noqa: E402
+from peernet.identity import NodeIdentity, peer_id_for, spki_der  # noqa: E402
+from peernet.records import b64decode, canonical_json, make_record  # noqa: E402
+
+START = 1_800_000_000.0
+
+
+class Key:
+    def __init__(self, i):
+        self.private_key = Ed25519PrivateKey.from_private_bytes(
+            hashlib.sha256(f"core_cpu:{i}".encode()).digest())
+        self.public_key_der = spki_der(self.private_key.public_key())
+        self.peer_id = peer_id_for(self.public_key_der)
+        self.index = i
+
+    def sign(self, data):
+        return self.private_key.sign(data)
+
+
+def wire(key, version, ts_ms):
+    a, b, c = (key.index >> 16) & 255, (key.index >> 8) & 255, key.index & 255
+    signed = make_record(key, [f"bittorrent://10.{a}.{b}.{c}:6881",
+                               f"bittorrent://10.{a}.{b}.{c}:6882"],
+                         version=version, issued_at_ms=ts_ms)
+    return canonical_json(signed["record"]), b64decode(signed["signature"], "signature")
+
+
+def frames_for(keys, version, ts_ms):
+    out = []
+    for key in keys:
+        rb, rsig = wire(key, version, ts_ms)
+        body = codec.encode_body(MessageType.PEER_UPDATE, {
+            "id": os.urandom(16), "ts": ts_ms, "rec": rb, "rsig": rsig})
+        out.append(codec.encode(MessageType.PEER_UPDATE, constants.TTL_UPDATE, body,
+                                key.sign(body)))
+    return out
+
+
+def setup(keys, links=8):
+    clock = HeapClock(START)
+    core = GossipCore(NodeIdentity.generate(), clock, random.Random(1), broadcasting=True,
+                      addresses=["gossip://127.0.0.10:1"])
+    ts = int(START * 1000)
+    for key in keys:
+        rb, rsig = wire(key, 1, ts)
+        core.table.offer(entry_from_wire(rb, rsig, START), START)
+    peer = NodeIdentity.generate()
+    hello_body = codec.encode_body(MessageType.HELLO, {
+        "id": os.urandom(16), "ts": ts, "versions": [constants.PROTOCOL_VERSION], "bc": False,
+        "repos": 0, "digest": core.table.digest(), "n": len(core.table)})
+    hello = codec.encode(MessageType.HELLO, 0, hello_body)
+    for i in range(links):
+        core.link_opened(i, outbound=False, tls_peer_id=None)
+        core.receive(i, hello)
+    return clock, core
+
+
+def run(core, clock, frames):
+    relayed = 0
+    t0 = time.process_time()
+    for frame in frames:
+        clock.advance(0.002)
+        for a in core.receive(0, frame):
+            relayed += type(a).__name__ == "Send"
+        if core.next_wakeup() <= clock.seconds():
+            core.tick()
+    return (time.process_time() - t0) / len(frames) * 1e6, relayed
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--messages", type=int, default=3000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    keys = [Key(i) for i in range(args.messages)]
+    clock, core = setup(keys)
+    results = []
+    for r in range(args.rounds + (1 if args.profile else 0)):
+        frames = frames_for(keys, 2 + r, int(clock.seconds() * 1000))
+        if args.profile and r == args.rounds:
+            prof = cProfile.Profile()
+            prof.enable()
+            run(core, clock, frames)
+            prof.disable()
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+            break
+        us, relayed = run(core, clock, frames)
+        if relayed < 3 * len(frames):
+            raise SystemExit(f"only {relayed} relays for {len(frames)} frames")
+        results.append(us)
+        print(f"round {r + 1}: {us:.1f} us per message ({relayed} sends)")
+    results.sort()
+    print(f"median {results[len(results) // 2]:.1f} us per relayed PEER_UPDATE")
+
+
+if __name__ == "__main__":
+    main()

@@ -141,6 +141,36 @@ def test_systemd_security_exposure(tmp_path, name):
     assert float(match.group(1)) < MAX_EXPOSURE, out.stdout
 
 
+@needs_systemd_analyze
+def test_tor_drop_in(tmp_path):
+    """etc/systemd/peernet-peer.service.d/tor.conf (a peer on the system tor):
+    systemd reads it next to the unit, accepts it without a warning, and the
+    exposure stays below MAX_EXPOSURE with the extra group.  The run-time side
+    (the unit's sandbox talking to a system tor's control socket) is in
+    tests/integration/test_tor_deployment.py."""
+    name = "peernet-peer.service"
+    drop_in = os.path.join(UNITS, name + ".d", "tor.conf")
+    path = installed_copy(tmp_path, name)
+    (tmp_path / (name + ".d")).mkdir()
+    shutil.copy(drop_in, tmp_path / (name + ".d") / "tor.conf")
+    out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "tor.conf" not in out.stderr and name not in out.stderr, out.stderr
+    out = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                          str(path)], capture_output=True, text=True, timeout=60)
+    # the drop-in was read: the unit now runs with a supplementary group
+    assert re.search(r"✗ SupplementaryGroups=", out.stdout), out.stdout
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout)
+    assert match and float(match.group(1)) < MAX_EXPOSURE, out.stdout
+    text = open(drop_in).read()
+    assert re.search(r"^SupplementaryGroups=debian-tor$", text, re.M)
+    # the group that owns /run/tor/control in Debian's tor (tor-service-defaults-torrc:
+    # User debian-tor; torrc.example: ControlSocket ... GroupWritable)
+    assert "GroupWritable" in open(os.path.join(ROOT, "etc", "tor", "torrc.example")).read()
+    assert "AF_UNIX" in dict(directives(unit_text(name)))["RestrictAddressFamilies"].split()
+
+
 @pytest.mark.parametrize("name", UNIT_NAMES)
 def test_unit_basics(name):
     items = directives(unit_text(name))

@@ -384,3 +384,36 @@ def test_static_onion_service_from_the_torrc(deployment):
     download(silent, "notes", os.path.join(w["base"], "downloads-b"), w["expected"]["notes"])
     print(f"\nstatic onion service: linked after {linked:.1f} s, downloaded after "
           f"{time.monotonic() - t0:.1f} s")
+
+
+def test_peer_unit_sandbox_reaches_the_system_tor(deployment, tmp_path):
+    """The peer unit's ExecStart, with the onion options file line of
+    docs/deployment.md, run under the unit's RestrictAddressFamilies= and
+    SystemCallFilter= (seccomp, as in test_systemd_units.py): through the
+    control socket it publishes its onion service and registers with the onion
+    bootstrap; on SIGTERM it unregisters.  (SupplementaryGroups= of the drop-in
+    needs a real systemd; test_systemd_units.py checks the drop-in.)"""
+    from test_systemd_units import exec_start, log_match, start, state_dir_of, stop
+
+    w = deployment
+    with open(DEPLOYMENT) as f:
+        [line] = re.findall(r"^PEERNET_PEER_ARGS=.*--onion-only.*$", f.read(), re.M)
+    line = line.replace("unix:/run/tor/control", f"unix:{w['control']}")
+    assert "https://bootstrap.example.org" in line
+    line = line.replace("https://bootstrap.example.org", w["boot_url"])
+    name = "peernet-peer.service"
+    argv, keys = exec_start(name, tmp_path, [line])
+    workdir = state_dir_of(name, tmp_path)
+    log_path = tmp_path / "unit.log"
+    proc = start(argv, workdir, log_path, keys, name, tmp_path)
+    try:
+        log_match(log_path, re.escape(f"using the tor at unix:{w['control']}"), proc, PEER_START)
+        log_match(log_path, re.escape(f"registered with {w['boot_url']}"), proc, PEER_START)
+        with open(os.path.join(workdir, "onion.key")) as f:
+            assert f.read().strip()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(int(keys["TimeoutStopSec"]))
+        assert proc.returncode in (0, -signal.SIGTERM), log_path.read_text()[-3000:]
+        assert f"unregistered from {w['boot_url']}" in log_path.read_text()
+    finally:
+        stop(proc)

@@ -18,6 +18,7 @@ first).  Every problem raises :class:`CodecError`; nothing else escapes.
 """
 
 import enum
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -70,8 +71,10 @@ class Message:
     sig: "bytes | None"
     version: int = constants.PROTOCOL_VERSION
 
-    @property
+    @functools.cached_property
     def id(self):
+        # Asked twice per relayed message (duplicate check, then add):
+        # hash the body once.
         return message_id(self.body_bytes)
 
 

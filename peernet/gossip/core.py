@@ -45,7 +45,7 @@ from peernet import constants
 from peernet.errors import PeernetError
 from peernet.gossip import codec
 from peernet.gossip.codec import MessageType
-from peernet.gossip.table import PeerTable, entry_from_wire
+from peernet.gossip.table import PeerTable, entry_from_wire, record_hash
 from peernet.identity import verify
 from peernet.records import b64decode, b64encode, canonical_json, make_record
 
@@ -493,8 +493,11 @@ class GossipCore:
     }
 
     def _entry(self, record_bytes, signature):
-        known = self.table.known_copy(record_bytes, signature)
-        return known if known is not None else entry_from_wire(record_bytes, signature, self.now())
+        h = record_hash(record_bytes)
+        known = self.table.known_copy(record_bytes, signature, record_hash=h)
+        if known is not None:
+            return known
+        return entry_from_wire(record_bytes, signature, self.now(), record_hash=h)
 
     # -- table changes and spreading ------------------------------------------------
 

@@ -62,8 +62,12 @@ class PeerEntry:
         return {r["name"] for r in self.record.get("repos", ())}
 
 
-def entry_from_wire(record_bytes, signature, received_at=0.0):
-    """Verify a record (bytes + signature) and wrap it; raises PeernetError."""
+def entry_from_wire(record_bytes, signature, received_at=0.0, record_hash=None):
+    """Verify a record (bytes + signature) and wrap it; raises PeernetError.
+
+    ``record_hash``: the record's table hash when the caller already has it
+    (PeerTable.known_copy computed it), so the bytes are hashed once.
+    """
     record = record_from_bytes(record_bytes, signature)
     if record["is_broadcasting"] and not record["addresses"]:
         raise PeernetError("a broadcasting record without addresses", code="bad_record")
@@ -71,12 +75,18 @@ def entry_from_wire(record_bytes, signature, received_at=0.0):
         raise PeernetError("a tombstone must not carry addresses", code="bad_record")
     return PeerEntry(
         peer_id=record["peer_id"], record=record, record_bytes=bytes(record_bytes),
-        signature=bytes(signature), hash=_hash(record_bytes), received_at=received_at,
+        signature=bytes(signature),
+        hash=_hash(record_bytes) if record_hash is None else record_hash,
+        received_at=received_at,
     )
 
 
 def _hash(record_bytes):
     return int.from_bytes(hashlib.sha256(record_bytes).digest()[:16], "big")
+
+
+#: The 128-bit table hash of a record's bytes (digests, known_copy).
+record_hash = _hash
 
 
 class PeerTable:
@@ -100,10 +110,10 @@ class PeerTable:
     def get(self, peer_id):
         return self._entries.get(peer_id)
 
-    def known_copy(self, record_bytes, signature):
+    def known_copy(self, record_bytes, signature, record_hash=None):
         """The stored entry with exactly these bytes and signature, or None
         (lets a receiver skip verifying a record it already verified)."""
-        entry = self._by_hash.get(_hash(record_bytes))
+        entry = self._by_hash.get(_hash(record_bytes) if record_hash is None else record_hash)
         if entry is not None and entry.record_bytes == record_bytes and entry.signature == signature:
             return entry
         return None

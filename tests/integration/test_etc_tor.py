@@ -6,10 +6,12 @@ except where stated.
 """
 
 import os
+import pathlib
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -57,6 +59,32 @@ def test_tor_verify_config_accepts_the_example(tmp_path):
     assert "Configuration was valid" in done.stdout
 
 
+def test_the_example_with_debians_service_defaults(tmp_path):
+    """Copied to /etc/tor/torrc, the example is read after Debian's
+    tor-service-defaults-torrc (User debian-tor, its own ControlSocket and
+    SocksPorts, which the example's lines replace); tor accepts the pair."""
+    defaults = "/usr/share/tor/tor-service-defaults-torrc"
+    if not os.path.exists(defaults):
+        pytest.fail(f"{defaults} is missing: the Debian tor package is not installed "
+                    "(scripts/test.sh installs it)", pytrace=False)
+    # tor checks its directories as debian-tor, who cannot enter pytest's
+    # private tmp tree: a directory of its own under /tmp, removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="peernet-etc-tor-") as top:
+        os.chmod(top, 0o755)
+        base = pathlib.Path(top)
+        path, run, lib = copy_example(base)
+        moved = base / "defaults"
+        moved.write_text(open(defaults).read().replace("/run/tor", str(run))
+                         .replace("/var/lib/tor", str(lib)))
+        shutil.chown(lib, "debian-tor", "debian-tor")   # as Debian's package leaves them
+        shutil.chown(run, "debian-tor", "debian-tor")
+        done = subprocess.run([tor(), "--verify-config", "-f", str(path), "--defaults-torrc",
+                               str(moved)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "Configuration was valid" in done.stdout
+        assert "User debian-tor" in moved.read_text()   # the defaults really were in play
+
+
 def test_tor_verify_config_catches_a_broken_copy(tmp_path):
     # the check above means something: a wrong line makes it fail
     path, _, _ = copy_example(tmp_path, "HiddenServicePort not-a-port")
@@ -99,7 +127,7 @@ def test_a_tor_started_from_the_example_serves_the_peer(tmp_path):
         assert "8701 127.0.0.1:8701" in str(ports) and "6881 127.0.0.1:6881" in str(ports)
         # (DisableNetwork also keeps the SOCKS listener closed; its setting is checked)
         socks = yield state.protocol.get_conf("SocksPort")
-        assert "127.0.0.1:auto" in str(socks)
+        assert "127.0.0.1:auto IsolateDestAddr IsolateDestPort" in str(socks)
         yield state.protocol.quit()
     finally:
         proc.send_signal(signal.SIGTERM)

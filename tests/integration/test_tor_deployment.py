@@ -6,8 +6,9 @@ only these lines differ from the shipped file (``system_torrc`` asserts it):
 
 * ``/run/tor`` and ``/var/lib/tor`` (control socket, cookie, DataDirectory,
   HiddenServiceDir) are moved into the test's temporary directory;
-* ``SocksPort 127.0.0.1:9050`` becomes ``127.0.0.1:auto``: port 9050 may be
-  taken on this machine (a real system tor, a parallel test run);
+* ``SocksPort 127.0.0.1:9050`` becomes ``127.0.0.1:auto`` (its isolation flags
+  kept): port 9050 may be taken on this machine (a real system tor, a parallel
+  test run);
 * ``Log notice syslog`` becomes a log file, so a failure can show the log;
 * the static onion service's targets ``127.0.0.1:8701`` and ``127.0.0.1:6881``
   move to ``STATIC_HOST`` (same ports): fixed ports on the shared 127.0.0.1
@@ -114,7 +115,7 @@ def system_torrc(base, network_lines):
         shipped = f.read()
     text = shipped.replace("/run/tor", run).replace("/var/lib/tor", lib)
     changes = [
-        ("SocksPort 127.0.0.1:9050", "SocksPort 127.0.0.1:auto"),
+        ("SocksPort 127.0.0.1:9050 ", "SocksPort 127.0.0.1:auto "),   # flags kept
         ("Log notice syslog", f"Log notice file {os.path.join(base, 'tor.log')}"),
         ("HiddenServicePort 8701 127.0.0.1:8701", f"HiddenServicePort 8701 {STATIC_HOST}:8701"),
         ("HiddenServicePort 6881 127.0.0.1:6881", f"HiddenServicePort 6881 {STATIC_HOST}:6881"),
@@ -129,7 +130,9 @@ def system_torrc(base, network_lines):
     moved = {line.replace("/run/tor", run).replace("/var/lib/tor", lib)
              for line in settings(shipped)}
     differing = set(settings(text)) - moved
-    assert differing == {new for _, new in changes} | set(network_lines), differing
+    changed = {line for line in settings(text) if any(new in line for _, new in changes)}
+    assert len(changed) == len(changes), changed
+    assert differing == changed | set(network_lines), differing
     path = os.path.join(base, "torrc")
     with open(path, "w") as f:
         f.write(text)

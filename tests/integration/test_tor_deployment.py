@@ -25,8 +25,12 @@ appear in ``docs/deployment.md`` too), with only the paths, the bootstrap URL
 and the loopback address above substituted, plus ``--state-dir`` (the systemd
 unit adds it).  So if the guide's commands break, this test fails.
 
+The bootstrap server is published as an onion service with the two torrc lines
+docs/tor.md gives (directory moved, the server's own port instead of 8600), by a
+client tor of the network standing for the bootstrap host's system tor.
+
 Checked: the onion-only peer (A, through the control socket) publishes its onion
-address, registers it with a bootstrap server reached as an onion, and a silent
+address, registers it with that onion bootstrap server, and a silent
 ``--tor`` peer (another "machine": its own tor of the network, attached through
 that tor's control socket as the README shows) finds its repo and downloads it
 with SHA-256 verified; restarted against the same system tor, the peer keeps its
@@ -53,8 +57,7 @@ from peernet.tor.testnet import _die_with_parent, log_tail, tor_binary
 
 # Shared helpers of the other integration tests (same directory, no package).
 from test_repos_network import MiB, make_repo, wait_job
-from test_tor_peer import (bootstrap_discover, control_command, onion_host, socks_connect,
-                           wait_for)
+from test_tor_peer import bootstrap_discover, onion_host, socks_connect, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +65,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EXAMPLE = os.path.join(ROOT, "etc", "tor", "torrc.example")
 README = os.path.join(ROOT, "etc", "tor", "README.md")
 DEPLOYMENT = os.path.join(ROOT, "docs", "deployment.md")
+TOR_GUIDE = os.path.join(ROOT, "docs", "tor.md")
 STATIC_HOST = "127.0.0.23"
 TOR_START = 90.0        # the system tor reaching "Bootstrapped 100%"
 PEER_START = 120.0      # an onion peer: attach, publish, first descriptor upload
@@ -176,6 +180,21 @@ class SystemTor:
                 self.proc.wait(10)
 
 
+def bootstrap_onion_lines(base, port):
+    """docs/tor.md's two torrc lines that publish a bootstrap server as an onion
+    service, with the directory moved into ``base`` and the server's port (the
+    guide's 8600 is fixed; a test server takes a free one).  Returns the lines
+    and the path of the hostname file tor writes."""
+    with open(TOR_GUIDE) as f:
+        [block] = re.findall(r"```\n(HiddenServiceDir /var/lib/tor/peernet-bootstrap/\n.*?)```",
+                             f.read(), re.S)
+    lib = os.path.join(base, "boot-lib")
+    os.makedirs(lib, mode=0o700)
+    assert "127.0.0.1:8600" in block, block
+    block = block.replace("/var/lib/tor", lib).replace("127.0.0.1:8600", f"127.0.0.1:{port}")
+    return block.strip().splitlines(), os.path.join(lib, "peernet-bootstrap", "hostname")
+
+
 def broadcasting(node):
     """PeerNode.start waits for the record only for nodes it gave --broadcast
     itself; these get it from the guide's command line."""
@@ -226,21 +245,22 @@ def deployment(tor_network, tmp_path_factory):
         # Meanwhile: the bootstrap server's tor and the visitor's tor (another
         # machine's system tor, reached through its control socket too).
         visitor_control = os.path.join(base, "visitor.control")
-        boot_tor = tor_network.start_client(f"deploy-boot-{os.getpid()}", wait=False)
+        bootstrap = BootstrapNode(workdir).start()
+        nodes.append(bootstrap)
+        boot_lines, boot_hostname = bootstrap_onion_lines(base, bootstrap.port)
+        boot_tor = tor_network.start_client(f"deploy-boot-{os.getpid()}", wait=False,
+                                            extra_lines=boot_lines)
         clients.append(boot_tor)
         visitor_tor = tor_network.start_client(
             f"deploy-visitor-{os.getpid()}", wait=False,
             extra_lines=[f"ControlSocket {visitor_control}"])
         clients.append(visitor_tor)
-        bootstrap = BootstrapNode(workdir).start()
-        nodes.append(bootstrap)
         system.wait_ready(control, TOR_START)
         boot_tor.wait_ready(TOR_START)
         visitor_tor.wait_ready(TOR_START)
-        [reply] = control_command(
-            boot_tor.control_port, boot_tor.cookie_path,
-            f"ADD_ONION NEW:ED25519-V3 Flags=Detach,DiscardPK Port=80,127.0.0.1:{bootstrap.port}")
-        boot_url = "http://" + re.search(r"ServiceID=([a-z2-7]{56})", reply).group(1) + ".onion"
+        with open(boot_hostname) as f:
+            boot_url = "http://" + f.read().strip()    # "http://$(sudo cat .../hostname)"
+        assert re.fullmatch(r"http://[a-z2-7]{56}\.onion", boot_url), boot_url
         w.update(system=system, bootstrap=bootstrap, boot_url=boot_url,
                  fresh_socks=("127.0.0.1", boot_tor.socks_port),
                  visitor_control=visitor_control)

@@ -327,11 +327,12 @@ def download(silent, repo, dest, expected):
 # -- tests -------------------------------------------------------------------------------
 
 
-def test_the_guide_shows_the_commands_this_test_runs(deployment):
+def test_the_guide_shows_the_commands_this_test_runs():
     """docs/deployment.md and etc/tor/README.md agree on the Tor command lines."""
+    readme, guide = guide_commands(README), guide_commands(DEPLOYMENT)
     for must in (("--onion-only", "--tor-control"), ("--tor", "--tor-control"),
                  ("--advertise", HOSTNAME_CMD)):
-        assert the_command(deployment["readme"], *must) in deployment["guide"], must
+        assert the_command(readme, *must) in guide, must
 
 
 def test_onion_peer_through_the_system_tor_control_socket(deployment):

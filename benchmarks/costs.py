@@ -1236,11 +1236,12 @@ def notes(report):
         one = c["relay3"] + v["libsodium"]
         rest = c["peer"] - floor
         if floor > 2 * c["echo"]:
-            verdict = ("already {:.0f} µs = {:.1f}x the echo: with both signatures and fan-out "
+            verdict = ("already {:.0f} µs = {:.2f}x the echo before any protocol work: with "
+                       "both signatures and fan-out "
                        "3, 2x cannot be reached on this machine whatever the Python code "
                        "does").format(floor, floor / c["echo"])
         else:
-            verdict = ("{:.0f} µs = {:.1f}x the echo, which leaves {:.0f} µs for the protocol "
+            verdict = ("{:.0f} µs = {:.2f}x the echo, which leaves {:.0f} µs for the protocol "
                        "under 2x").format(floor, floor / c["echo"], 2 * c["echo"] - floor)
         out.append(
             f"Why 2x is hard: a bare Ed25519 verify of a {v['record_bytes']}-byte record "

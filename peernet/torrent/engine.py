@@ -51,6 +51,8 @@ SAFETY_DRAIN_INTERVAL = constants.TORRENT_SAFETY_DRAIN_INTERVAL
 RESUME_SAVE_INTERVAL = constants.TORRENT_RESUME_SAVE_INTERVAL
 STALL_TIMEOUT = constants.TORRENT_STALL_TIMEOUT
 STOP_SAVE_TIMEOUT = constants.TORRENT_STOP_SAVE_TIMEOUT
+#: Longest wait for libtorrent to confirm a finished download is on disk.
+FLUSH_TIMEOUT = 10.0
 
 RESUME_SUFFIX = ".resume"
 ALERT_MASK = (
@@ -260,6 +262,7 @@ class Download:
         self.stalled_after = stalled_after
         self._metadata = _Outcome()
         self._done = _Outcome()
+        self._flushing = None  # the FLUSH_TIMEOUT call while a flush is awaited
         self._progress_cbs = []
         self._bad_peer_cbs = []
         self.progress = None
@@ -369,13 +372,44 @@ class Download:
             cb(ep[0], ep[1], reason)
 
     def _finished(self):
-        """Every wanted piece is downloaded and has passed its hash check."""
+        """Every wanted piece is downloaded and has passed its hash check.
+
+        libtorrent hashes blocks as they arrive, before its disk threads have
+        written them all: the last blocks may still be in flight when it says
+        "finished", and reading the files at once (SHA-256 checks) would see
+        holes.  So ``done`` waits for a cache flush (a fence behind every
+        pending write: cache_flushed_alert), or FLUSH_TIMEOUT at worst.
+        """
+        if self._done.fired or self._flushing is not None:
+            return
+        handle = self._torrent.handle
+        if handle is None or not handle.is_valid():
+            self._complete()
+            return
+        self._flushing = self._engine.reactor.callLater(FLUSH_TIMEOUT, self._flush_timed_out)
+        handle.flush_cache()
+
+    def _flushed(self):
+        if self._flushing is None:
+            return
+        if self._flushing.active():
+            self._flushing.cancel()
+        self._flushing = None
+        self._complete()
+
+    def _flush_timed_out(self):
+        self._flushing = None
+        log.warn("libtorrent did not confirm writing {name} within {t:g} s; "
+                 "its files are checked anyway", name=self.name, t=FLUSH_TIMEOUT)
         self._complete()
 
     def _complete(self):
         self._done.succeed(os.path.join(self.save_path, self._torrent.name))
 
     def _fail(self, exc):
+        if self._flushing is not None and self._flushing.active():
+            self._flushing.cancel()
+        self._flushing = None
         self._metadata.fail(exc)
         self._done.fail(exc)
 
@@ -494,6 +528,7 @@ class TorrentEngine(Service):
             lt.state_changed_alert: self._on_state_changed,
             lt.metadata_received_alert: self._on_metadata_received,
             lt.torrent_finished_alert: self._on_torrent_finished,
+            lt.cache_flushed_alert: self._on_cache_flushed,
             lt.save_resume_data_alert: self._on_save_resume_data,
             lt.save_resume_data_failed_alert: self._on_save_resume_data_failed,
             lt.hash_failed_alert: self._on_hash_failed,
@@ -737,6 +772,11 @@ class TorrentEngine(Service):
             if t.download is not None:
                 t.download._finished()
             alert.handle.save_resume_data(lt.save_resume_flags_t.save_info_dict)
+
+    def _on_cache_flushed(self, alert):
+        t = self._torrent_for(alert.handle)
+        if t is not None and t.download is not None:
+            t.download._flushed()
 
     def _on_hash_failed(self, alert):
         t = self._torrent_for(alert.handle)

@@ -324,6 +324,19 @@ def main(argv=None):
         push = next(r for r in rows.values() if r["kind"] == "push" and "alone" in r["variant"])
         w(f"| protocol.md: push fan-out 3 alone reaches about 94 % | {100 * push['coverage_median']:.1f} % "
           f"(N = {push['n']:,}) | close: ~96 % with 16 links per peer |")
+    costs_path = os.path.join(RESULTS, "costs.json")
+    if os.path.exists(costs_path):
+        with open(costs_path) as f:
+            costs = json.load(f)
+        cpu = costs["summary"]["cpu"]
+        verify = costs.get("verify_us", {}).get("libsodium")
+        floor = (f"; two signature checks ({2 * verify:.0f} us) plus a bare relay to 3 are already "
+                 f"{(cpu['relay3'] + 2 * verify) / cpu['echo']:.2f}x the echo") if verify else ""
+        w(f"| issue: CPU per relayed message at most 2x a bare Autobahn echo of the same frame | "
+          f"{cpu['peer']:.0f} us vs echo {cpu['echo']:.0f} us in the same run "
+          f"({cpu['ratio_vs_echo']:.1f}x; {cpu['ratio_vs_relay3']:.1f}x a bare relay to 3 links) | "
+          f"FAIL{floor}: out of reach with two Ed25519 signatures per PEER_UPDATE and fan-out 3 "
+          f"(see 'Real-process costs') |")
     w("")
 
     # -- figures -------------------------------------------------------------------

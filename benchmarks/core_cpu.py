@@ -14,7 +14,6 @@ by cumulative time (cProfile).
 
 import argparse
 import cProfile
-import hashlib
 import os
 import pstats
 import random
@@ -26,49 +25,18 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
-
 from peernet import constants  # noqa: E402
 from peernet.gossip import codec  # noqa: E402
 from peernet.gossip.codec import MessageType  # noqa: E402
 from peernet.gossip.core import GossipCore  # noqa: E402
 from peernet.gossip.memnet import HeapClock  # noqa: E402
 from peernet.gossip.table import entry_from_wire  # noqa: E402
-from peernet.identity import NodeIdentity, peer_id_for, spki_der  # noqa: E402
-from peernet.records import b64decode, canonical_json, make_record  # noqa: E402
+from peernet.identity import NodeIdentity  # noqa: E402
+
+# the same keys, records and frames as costs.py's socket measurement
+from costs import Key, build_frames, wire_record  # noqa: E402
 
 START = 1_800_000_000.0
-
-
-class Key:
-    def __init__(self, i):
-        self.private_key = Ed25519PrivateKey.from_private_bytes(
-            hashlib.sha256(f"core_cpu:{i}".encode()).digest())
-        self.public_key_der = spki_der(self.private_key.public_key())
-        self.peer_id = peer_id_for(self.public_key_der)
-        self.index = i
-
-    def sign(self, data):
-        return self.private_key.sign(data)
-
-
-def wire(key, version, ts_ms):
-    a, b, c = (key.index >> 16) & 255, (key.index >> 8) & 255, key.index & 255
-    signed = make_record(key, [f"bittorrent://10.{a}.{b}.{c}:6881",
-                               f"bittorrent://10.{a}.{b}.{c}:6882"],
-                         version=version, issued_at_ms=ts_ms)
-    return canonical_json(signed["record"]), b64decode(signed["signature"], "signature")
-
-
-def frames_for(keys, version, ts_ms):
-    out = []
-    for key in keys:
-        rb, rsig = wire(key, version, ts_ms)
-        body = codec.encode_body(MessageType.PEER_UPDATE, {
-            "id": os.urandom(16), "ts": ts_ms, "rec": rb, "rsig": rsig})
-        out.append(codec.encode(MessageType.PEER_UPDATE, constants.TTL_UPDATE, body,
-                                key.sign(body)))
-    return out
 
 
 def setup(keys, links=8):
@@ -77,7 +45,7 @@ def setup(keys, links=8):
                       addresses=["gossip://127.0.0.10:1"])
     ts = int(START * 1000)
     for key in keys:
-        rb, rsig = wire(key, 1, ts)
+        rb, rsig = wire_record(key, 1, ts)
         core.table.offer(entry_from_wire(rb, rsig, START), START)
     peer = NodeIdentity.generate()
     hello_body = codec.encode_body(MessageType.HELLO, {
@@ -108,11 +76,11 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--profile", action="store_true")
     args = p.parse_args(argv)
-    keys = [Key(i) for i in range(args.messages)]
+    keys = [Key("core_cpu", i) for i in range(args.messages)]
     clock, core = setup(keys)
     results = []
     for r in range(args.rounds + (1 if args.profile else 0)):
-        frames = frames_for(keys, 2 + r, int(clock.seconds() * 1000))
+        frames = build_frames(keys, 2 + r, int(clock.seconds() * 1000))
         if args.profile and r == args.rounds:
             prof = cProfile.Profile()
             prof.enable()

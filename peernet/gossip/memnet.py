@@ -79,10 +79,49 @@ class Node:
         self.changes = []  # (time, TableChange)
         self.penalties = []
         self.links = {}  # link id -> (other node index, other side's link id)
-        self._wakeup = None
+        self.wakeup = None
 
 
-class MemoryNetwork:
+class LinkedCores:
+    """Links and wake-up timers of cores on one clock, shared by
+    :class:`MemoryNetwork` and the simulator's ``SimNetwork``.
+
+    A subclass has ``clock``, ``nodes`` (each with ``core``, ``alive``,
+    ``links`` and ``wakeup``), ``process(node, actions)`` and ``_tick(node)``.
+    """
+
+    def kill(self, node):
+        """Crash a node: its links drop (the other ends see the close)."""
+        node.alive = False
+        for link, (other_index, other_link) in list(node.links.items()):
+            other = self.nodes[other_index]
+            other.links.pop(other_link, None)
+            if other.alive:
+                self.process(other, other.core.link_closed(other_link))
+        node.links.clear()
+        if node.wakeup is not None and node.wakeup.active():
+            node.wakeup.cancel()
+
+    def _close(self, node, link):
+        peer = node.links.pop(link, None)
+        node.core.link_closed(link)
+        if peer is not None:
+            other = self.nodes[peer[0]]
+            if other.links.pop(peer[1], None) is not None and other.alive:
+                self.process(other, other.core.link_closed(peer[1]))
+
+    def _schedule(self, node):
+        if not node.alive:
+            return
+        when = max(node.core.next_wakeup(), self.clock.seconds())
+        if node.wakeup is not None and node.wakeup.active():
+            if node.wakeup.getTime() <= when:
+                return
+            node.wakeup.cancel()
+        node.wakeup = self.clock.callLater(when - self.clock.seconds(), self._tick, node)
+
+
+class MemoryNetwork(LinkedCores):
     def __init__(self, clock, seed=0, latency=0.001, loss=0.0):
         self.clock = clock
         self.rng = random.Random(seed)
@@ -125,18 +164,6 @@ class MemoryNetwork:
                 if not any(o == other.index for o, _ in node.links.values()):
                     self.connect(node, other)
 
-    def kill(self, node):
-        """Crash a node: its links drop (the other ends see the close)."""
-        node.alive = False
-        for link, (other_index, other_link) in list(node.links.items()):
-            other = self.nodes[other_index]
-            other.links.pop(other_link, None)
-            if other.alive:
-                self.process(other, other.core.link_closed(other_link))
-        node.links.clear()
-        if node._wakeup is not None and node._wakeup.active():
-            node._wakeup.cancel()
-
     # -- action processing -----------------------------------------------------------
 
     def process(self, node, actions):
@@ -167,26 +194,8 @@ class MemoryNetwork:
             return
         self.process(node, node.core.receive(link, frame))
 
-    def _close(self, node, link):
-        peer = node.links.pop(link, None)
-        node.core.link_closed(link)
-        if peer is not None:
-            other = self.nodes[peer[0]]
-            if other.links.pop(peer[1], None) is not None and other.alive:
-                self.process(other, other.core.link_closed(peer[1]))
-
-    def _schedule(self, node):
-        if not node.alive:
-            return
-        when = max(node.core.next_wakeup(), self.clock.seconds())
-        if node._wakeup is not None and node._wakeup.active():
-            if node._wakeup.getTime() <= when:
-                return
-            node._wakeup.cancel()
-        node._wakeup = self.clock.callLater(when - self.clock.seconds(), self._tick, node)
-
     def _tick(self, node):
-        node._wakeup = None
+        node.wakeup = None
         if node.alive:
             self.process(node, node.core.tick())
 

@@ -1,7 +1,8 @@
 """A discrete-event network of REAL GossipCores (codec, Ed25519, table, rules).
 
 Built on :class:`peernet.gossip.memnet.HeapClock`; the action handling follows
-:class:`peernet.gossip.memnet.MemoryNetwork` and adds what a simulator needs:
+:class:`peernet.gossip.memnet.MemoryNetwork` (links and wake-ups are its base
+:class:`~peernet.gossip.memnet.LinkedCores`) and adds what a simulator needs:
 
 * latency models per frame with FIFO links (``peernet.sim.models``), frame loss;
 * a CPU model: per-frame processing time, one frame at a time per peer, and
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peernet import constants
 from peernet.gossip.codec import MessageType
 from peernet.gossip.core import Close, GossipCore, Penalty, Send, TableChange
-from peernet.gossip.memnet import HeapClock
+from peernet.gossip.memnet import HeapClock, LinkedCores
 from peernet.identity import peer_id_for, spki_der
 from peernet.sim.models import FREE_CPU, FRAME_OVERHEAD_BYTES, Fixed
 
@@ -133,7 +134,7 @@ class SimNode:
         self.running = self.queued = False
 
 
-class SimNetwork:
+class SimNetwork(LinkedCores):
     """See the module docstring.  Use as a context manager (or call
     ``close()``) so the seeded message-id source is removed afterwards."""
 
@@ -271,16 +272,8 @@ class SimNetwork:
         return node
 
     def crash(self, node):
-        node.alive = False
-        for link, (oi, ol) in list(node.links.items()):
-            other = self.nodes[oi]
-            other.links.pop(ol, None)
-            if other.alive:
-                self.process(other, other.core.link_closed(ol))
-        node.links.clear()
+        self.kill(node)
         node.inbox.clear()
-        if node.wakeup is not None and node.wakeup.active():
-            node.wakeup.cancel()
 
     def leave(self, node, linger=1.0):
         """Graceful: broadcast off (tombstone PEER_UPDATE), close after ``linger``."""
@@ -467,24 +460,6 @@ class SimNetwork:
                         how, hops = "sync", None
                     node.got = (self.now() + self.cpu.observe_delay_s, how, hops)
                 return
-
-    def _close(self, node, link):
-        peer = node.links.pop(link, None)
-        node.core.link_closed(link)
-        if peer is not None:
-            other = self.nodes[peer[0]]
-            if other.links.pop(peer[1], None) is not None and other.alive:
-                self.process(other, other.core.link_closed(peer[1]))
-
-    def _schedule(self, node):
-        if not node.alive:
-            return
-        when = max(node.core.next_wakeup(), self.now())
-        if node.wakeup is not None and node.wakeup.active():
-            if node.wakeup.getTime() <= when:
-                return
-            node.wakeup.cancel()
-        node.wakeup = self.clock.callLater(when - self.now(), self._tick, node)
 
     def _tick(self, node):
         node.wakeup = None

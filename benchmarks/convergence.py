@@ -59,6 +59,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import serf_reference  # noqa: E402  (benchmarks/ is not a package)
+from common import out_stem, raise_on_sigterm, say, write_results  # noqa: E402
 from machine import machine_facts  # noqa: E402  (shared by every benchmark)
 from serf_reference import (  # noqa: E402,F401  (re-exported for run_peernet)
     DEFAULT_TIMEOUT_S, MAX_AGENTS, SerfUnavailable, percentile, run_serf,
@@ -710,23 +711,15 @@ def parse_args(argv):
         ap.error(f"--peers must be 1..{MAX_AGENTS}")
     if not 1 <= args.rounds <= 10000:
         ap.error("--rounds must be 1..10000")
-    out = Path(args.out)
-    if out.suffix in (".json", ".md"):
-        out = out.with_suffix("")
-    args.out = out
+    args.out = out_stem(args.out)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
+    raise_on_sigterm()
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def say(msg):
-        print(msg, flush=True)
 
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -772,10 +765,7 @@ def main(argv=None):
 
     print()
     print(text_report(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    json_path.write_text(json.dumps(report, indent=1) + "\n")
-    md_path.write_text(markdown_report(report))
+    json_path, md_path = write_results(args.out, report, markdown_report(report))
     print(f"wrote {json_path} and {md_path}")
     return 1 if any(report["errors"].values()) else 0
 

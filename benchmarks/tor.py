@@ -45,7 +45,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -61,6 +60,7 @@ RESULTS_DIR = HERE / "results"
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from common import out_stem, raise_on_sigterm, say, write_results  # noqa: E402
 from machine import machine_facts  # noqa: E402  (shared by every benchmark)
 
 FRAME_BYTES = 400
@@ -534,10 +534,7 @@ def parse_args(argv):
         ap.error("--rounds must be 1..100000")
     if not 1 <= args.size_mb <= 10000:
         ap.error("--size-mb must be 1..10000")
-    out = Path(args.out) if args.out else RESULTS_DIR / ("tor-quick" if args.quick else "tor")
-    if out.suffix in (".json", ".md"):
-        out = out.with_suffix("")
-    args.out = out
+    args.out = out_stem(args.out or RESULTS_DIR / ("tor-quick" if args.quick else "tor"))
     return args
 
 
@@ -545,12 +542,7 @@ def main(argv=None):
     args = parse_args(argv)
     from peernet.tor.testnet import PrivateTorNetwork, TorNetworkError
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-
-    def say(msg):
-        print(msg, flush=True)
+    raise_on_sigterm()
 
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -612,10 +604,7 @@ def main(argv=None):
     if not complete and not report["errors"]:
         report["errors"]["run"] = "some figures are missing"
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    json_path.write_text(json.dumps(report, indent=1) + "\n")
-    md_path.write_text(markdown_report(report))
+    json_path, md_path = write_results(args.out, report, markdown_report(report))
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
     return 1 if report["errors"] else 0

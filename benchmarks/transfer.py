@@ -66,6 +66,7 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
+from common import out_stem, raise_on_sigterm, say, write_results  # shared by every benchmark
 from machine import machine_facts as shared_machine_facts  # shared by every benchmark
 
 HERE = Path(__file__).resolve().parent
@@ -911,20 +912,14 @@ def parse_args(argv):
     args.runs = args.runs or (1 if args.quick else 3)
     if not 1 <= args.size_mb <= 20000 or not 1 <= args.runs <= 50:
         ap.error("--size-mb 1..20000, --runs 1..50")
-    out = Path(args.out or RESULTS_DIR / ("transfer-quick" if args.quick else "transfer"))
-    args.out = out.with_suffix("") if out.suffix in (".json", ".md") else out
+    args.out = out_stem(args.out or RESULTS_DIR / ("transfer-quick" if args.quick else "transfer"))
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
-
-    def say(msg):
-        print(msg, flush=True)
+    raise_on_sigterm()
 
     from peernet.torrent.repo import build_repo
 
@@ -1027,10 +1022,8 @@ def main(argv=None):
     md = markdown(report)
     print()
     print(md)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(md)
-    say(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    json_path, md_path = write_results(args.out, report, md, indent=2)
+    say(f"wrote {json_path} and {md_path}")
     bad = report["errors"] or any(r["errors"] for r in report["runs"])
     return 1 if bad else 0
 

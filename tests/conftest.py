@@ -133,3 +133,17 @@ def wait_for(predicate, what, timeout=30.0):
             pass
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+
+
+def assert_one_line_error(out, *words):
+    """``out`` (a finished `twist peer` run) failed with exactly one line on
+    stderr, "twist peer: error: ..." holding every one of ``words``, and no
+    traceback; returns that line."""
+    assert out.returncode != 0, out
+    assert "Traceback" not in out.stdout + out.stderr, (out.stdout[-3000:], out.stderr[-3000:])
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("twist peer: error:"), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]

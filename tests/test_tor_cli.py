@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from conftest import assert_one_line_error
 from peernet.devnet import twist_command
 
 pytestmark = pytest.mark.slow
@@ -31,17 +32,6 @@ def run(tmp_path, *args, env=None, timeout=90):
         twist_command() + ["peer", "--state-dir", str(tmp_path / "state"), *args],
         capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
         stdin=subprocess.DEVNULL, env=env)
-
-
-def one_line_error(out, *words):
-    assert out.returncode != 0, out
-    assert "Traceback" not in out.stdout + out.stderr, out.stdout[-3000:]
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert lines[0].startswith("twist peer: error:"), lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 def tor_processes_of(state_dir):
@@ -76,7 +66,7 @@ def tor_processes_of(state_dir):
 ])
 def test_bad_tor_options_are_refused_in_one_line(tmp_path, args, words):
     out = run(tmp_path, *args)
-    one_line_error(out, words)
+    assert_one_line_error(out, words)
     assert out.returncode == 2
     assert not (tmp_path / "state" / "identity").exists()
 
@@ -88,7 +78,7 @@ def test_without_tor_installed(tmp_path, args):
     env = dict(os.environ, PATH=str(empty))
     out = run(tmp_path, *args, "--listen", "tcp:0:interface=127.0.0.1", env=env) \
         if "--broadcast" in args else run(tmp_path, *args, env=env)
-    one_line_error(out, "no tor program found on PATH")
+    assert_one_line_error(out, "no tor program found on PATH")
     assert out.returncode == 2
 
 
@@ -98,14 +88,14 @@ def test_control_port_with_nothing_listening(tmp_path):
     port = s.getsockname()[1]
     s.close()  # now nothing listens there
     out = run(tmp_path, "--tor", "--tor-control", f"tcp:127.0.0.1:{port}")
-    one_line_error(out, "cannot reach the tor control port", str(port), "connection refused")
+    assert_one_line_error(out, "cannot reach the tor control port", str(port), "connection refused")
     assert out.returncode == 1
 
 
 def test_control_socket_that_does_not_exist(tmp_path):
     out = run(tmp_path, "--broadcast", "--onion-only", "--tor-control",
               f"unix:{tmp_path}/no-such-control.sock")
-    one_line_error(out, "cannot reach the tor control port", "no such socket")
+    assert_one_line_error(out, "cannot reach the tor control port", "no such socket")
     assert out.returncode == 1
 
 
@@ -115,7 +105,7 @@ def test_tor_that_cannot_bootstrap_gives_up_after_the_timeout(tmp_path):
     t0 = time.monotonic()
     out = run(tmp_path, "--tor", "--torrc", str(torrc), "--tor-timeout", "4")
     elapsed = time.monotonic() - t0
-    one_line_error(out, "did not finish bootstrapping within 4 s", "--tor-timeout")
+    assert_one_line_error(out, "did not finish bootstrapping within 4 s", "--tor-timeout")
     assert out.returncode == 1
     # the tor it launched: its data in the state directory, a circuit per destination
     torrc = (tmp_path / "state" / "tor" / "torrc").read_text()
@@ -133,7 +123,7 @@ def test_tor_refusing_its_configuration_is_named(tmp_path):
     torrc = tmp_path / "bad.torrc"
     torrc.write_text("NoSuchTorOption 1\n")
     out = run(tmp_path, "--tor", "--torrc", str(torrc), "--tor-timeout", "30")
-    line = one_line_error(out, "tor exited at start")
+    line = assert_one_line_error(out, "tor exited at start")
     assert "NoSuchTorOption" in line
     assert out.returncode == 1
 
@@ -186,8 +176,8 @@ def test_control_password_file(tmp_path, password_tor):
     # network, never bootstraps)
     out = run(tmp_path, "--tor", "--tor-control", password_tor,
               "--tor-control-password-file", str(good), "--tor-timeout", "2")
-    one_line_error(out, "did not finish bootstrapping within 2 s")
+    assert_one_line_error(out, "did not finish bootstrapping within 2 s")
     out = run(tmp_path, "--tor", "--tor-control", password_tor,
               "--tor-control-password-file", str(bad), "--tor-timeout", "2")
-    one_line_error(out, "refused us")
+    assert_one_line_error(out, "refused us")
     assert out.returncode == 1

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from conftest import TWIST
+from conftest import TWIST, assert_one_line_error
 from peernet.devnet import PeerNode
 
 pytestmark = pytest.mark.slow
@@ -21,17 +21,6 @@ pytestmark = pytest.mark.slow
 def run(*args, cwd=None, timeout=60):
     return subprocess.run([TWIST, "peer", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
-
-
-def assert_one_line_error(out, *words):
-    assert out.returncode != 0, out
-    assert "Traceback" not in out.stdout + out.stderr, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert lines[0].startswith("twist peer: error:"), lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 @pytest.mark.parametrize("args, words", [

@@ -169,11 +169,17 @@ class FakeRuntime:
         return defer.succeed(None)
 
 
-def test_gate_starts_its_children_only_once_tor_is_ready():
-    log, pending = [], defer.Deferred()
-    gate = TorGate(lambda: pending, on_ready=lambda rt: log.append("configured"),
+def logging_gate(log, start_tor):
+    """A TorGate over ``start_tor`` with one Child, all of them writing to ``log``."""
+    gate = TorGate(start_tor, on_ready=lambda rt: log.append("configured"),
                    on_failure=lambda m: log.append(("failed", m)))
     Child(log).setServiceParent(gate)
+    return gate
+
+
+def test_gate_starts_its_children_only_once_tor_is_ready():
+    log, pending = [], defer.Deferred()
+    gate = logging_gate(log, lambda: pending)
     gate.startService()
     assert log == [] and gate.runtime is None
     runtime = FakeRuntime(log)
@@ -189,10 +195,7 @@ def test_gate_starts_its_children_only_once_tor_is_ready():
 
 def test_gate_failure_is_one_sentence_and_no_child_starts():
     log = []
-    gate = TorGate(lambda: defer.fail(TorUnavailable("tor did not finish bootstrapping")),
-                   on_ready=lambda rt: log.append("configured"),
-                   on_failure=lambda m: log.append(("failed", m)))
-    Child(log).setServiceParent(gate)
+    gate = logging_gate(log, lambda: defer.fail(TorUnavailable("tor did not finish bootstrapping")))
     gate.startService()
     assert log == [("failed", "tor did not finish bootstrapping")]
     gate.stopService()
@@ -201,9 +204,7 @@ def test_gate_failure_is_one_sentence_and_no_child_starts():
 
 def test_gate_stopped_before_tor_is_ready_closes_tor_and_starts_nothing():
     log, pending = [], defer.Deferred()
-    gate = TorGate(lambda: pending, on_ready=lambda rt: log.append("configured"),
-                   on_failure=lambda m: log.append(("failed", m)))
-    Child(log).setServiceParent(gate)
+    gate = logging_gate(log, lambda: pending)
     gate.startService()
     gate.stopService()
     pending.callback(FakeRuntime(log))

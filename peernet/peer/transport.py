@@ -614,19 +614,24 @@ class GossipService(service.Service):
             meter.peer_id = remote
         return remote
 
-    def _cut_off(self, link, reason):
-        """Close an abusive link; refuse its peer for a while if it broadcasts."""
+    def _cut_off(self, link, reason, close=True):
+        """Close an abusive link; refuse its peer for a while if it broadcasts.
+
+        ``close=False`` when the link is already being failed (by Autobahn).
+        """
         self.cut_offs_total += 1
         remote = self._broadcasting_remote(link)
         if remote is not None:
             self.scores.refuse(remote)
-            log.info("gossip link {link_id} closed ({reason}); peer {peer_id} refused "
-                     "for a while", link_id=link.id, reason=reason,
-                     peer_id=remote if link.outbound else "(inbound)")
+            log.info("gossip link {link_id} closed ({reason}); peer refused for a while "
+                     "({peer_id})", link_id=link.id, reason=reason,
+                     peer_id=remote if link.outbound else "inbound")
         else:
             log.info("gossip link {link_id} closed ({reason})", link_id=link.id, reason=reason)
-        link.superseded = True  # already accounted for by the refusal
-        self._close(link, CLOSE_POLICY_VIOLATION, reason)
+        if remote is not None or close:
+            link.superseded = True  # accounted for here, not a dial failure to retry
+        if close:
+            self._close(link, CLOSE_POLICY_VIOLATION, reason)
 
     def link_oversized(self, link):
         """A frame over MAX_MESSAGE_BYTES: Autobahn is already failing the link
@@ -635,14 +640,7 @@ class GossipService(service.Service):
             return
         self.penalties_total += 1
         self.scores.penalize(self._score_key(link), "oversized")
-        self.cut_offs_total += 1
-        remote = self._broadcasting_remote(link)
-        if remote is not None:
-            self.scores.refuse(remote)
-            link.superseded = True  # accounted for by the refusal, not a dial failure
-        log.info("gossip link {link_id} closed (a frame over {limit} bytes){refused}",
-                 link_id=link.id, limit=constants.MAX_MESSAGE_BYTES,
-                 refused="; peer refused for a while" if remote is not None else "")
+        self._cut_off(link, f"a frame over {constants.MAX_MESSAGE_BYTES} bytes", close=False)
 
     def _broadcasting_remote(self, link):
         """The remote's peer_id if it is a broadcasting peer (else None)."""

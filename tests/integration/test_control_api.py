@@ -16,10 +16,10 @@ import threading
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from conftest import wait_for as _wait_for
+from openapi_check import check_schema, response_schema
 from peernet.devnet import DevNet
 
 pytestmark = pytest.mark.slow
@@ -38,24 +38,12 @@ def control_document():
 
 
 def _check(schema, value, what):
-    doc = control_document()
-    root = dict(schema, components=doc["components"])
-    errors = sorted(Draft202012Validator(root).iter_errors(value), key=str)
-    assert not errors, f"{what} does not match docs/control-openapi.json: {errors[0].message}"
-
-
-def response_schema(path, method, status):
-    doc = control_document()
-    responses = doc["paths"][path][method.lower()]["responses"]
-    assert str(status) in responses, f"{method} {path} answered {status}, which is not documented"
-    response = responses[str(status)]
-    if "$ref" in response:
-        response = doc["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
-    return response["content"]["application/json"]["schema"]
+    check_schema(schema, value, what, control_document(), "docs/control-openapi.json")
 
 
 def assert_matches_openapi(path, method, status, body):
-    _check(response_schema(path, method, status), body, f"{method} {path} {status}")
+    _check(response_schema(path, method, status, control_document()), body,
+           f"{method} {path} {status}")
 
 
 def assert_matches_schema(name, value):

@@ -502,6 +502,24 @@ async def helper_cpu(reactor, args):
     def sink_count(conns, mtype=None):
         return sum((c.types[mtype] if mtype else c.frames) for c in conns)
 
+    async def start_spy(pid, output, n):
+        """py-spy recording ``pid`` for the round's length; 1 s to attach before frames flow."""
+        spy = subprocess.Popen([PYSPY, "record", "--pid", str(pid),
+                                "--rate", "200", "--format", "raw", "--output", output,
+                                "--duration", str(int(n / args.rate) + 3)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await sleep(reactor, 1.0)
+        return spy
+
+    async def stop_spy(spy):
+        """Let py-spy write its profile (up to 20 s), then stop it."""
+        for _ in range(200):
+            if spy.poll() is not None:
+                break
+            await sleep(reactor, 0.1)
+        if spy.poll() is None:
+            spy.terminate()
+
     async def run_round(version, n, profile_to=None):
         frames = build_frames(keys[:n], version, int(time.time() * 1000))
         sizes = sorted(len(f) for f in frames)
@@ -510,11 +528,7 @@ async def helper_cpu(reactor, args):
         base6, base5 = sink_count(target_sinks, 6), sink_count(target_sinks, 5)
         spy = None
         if profile_to:
-            spy = subprocess.Popen([PYSPY, "record", "--pid", str(args.target_pid),
-                                    "--rate", "200", "--format", "raw", "--output", profile_to,
-                                    "--duration", str(int(n / args.rate) + 3)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            await sleep(reactor, 1.0)
+            spy = await start_spy(args.target_pid, profile_to, n)
         want = 3 * n
         res = await inject(reactor, t_inj, frames, args.rate,
                            lambda: sink_count(target_sinks, 6) - base6 >= want,
@@ -523,18 +537,8 @@ async def helper_cpu(reactor, args):
         res["digest_pings"] = sink_count(target_sinks, 5) - base5
         out["peer"] = res
         if spy is not None:
-            for _ in range(200):
-                if spy.poll() is not None:
-                    break
-                await sleep(reactor, 0.1)
-            if spy.poll() is None:
-                spy.terminate()
-            spy = subprocess.Popen([PYSPY, "record", "--pid", str(args.echo_pid),
-                                    "--rate", "200", "--format", "raw", "--output",
-                                    profile_to.replace("target", "echo"),
-                                    "--duration", str(int(n / args.rate) + 3)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            await sleep(reactor, 1.0)
+            await stop_spy(spy)
+            spy = await start_spy(args.echo_pid, profile_to.replace("target", "echo"), n)
         # -- bare Autobahn echo (same frames)
         base = e_echo.frames
         res = await inject(reactor, e_echo, frames, args.rate,
@@ -542,12 +546,7 @@ async def helper_cpu(reactor, args):
                            args.echo_pid, args.idle_seconds, args.timeout)
         out["echo"] = res
         if spy is not None:
-            for _ in range(200):
-                if spy.poll() is not None:
-                    break
-                await sleep(reactor, 0.1)
-            if spy.poll() is None:
-                spy.terminate()
+            await stop_spy(spy)
             return out
         # -- bare Autobahn relay to 3 links (same frames)
         base = sink_count(e_sinks)

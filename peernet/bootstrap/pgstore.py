@@ -42,7 +42,8 @@ from collections import Counter
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from peernet.bootstrap.store import SCHEMA_VERSION, BootstrapStore, schema_text, _split_sql
+from peernet.bootstrap.store import (SCHEMA_VERSION, BootstrapStore, _split_sql,
+                                     migration_scripts, schema_text)
 from peernet.errors import ConfigError, ServiceUnavailable
 
 log = Logger()
@@ -164,16 +165,8 @@ def create_or_upgrade(conn, target=SCHEMA_VERSION):
     try:
         conn.execute("SELECT pg_advisory_xact_lock(?)", (LOCK_KEYS["schema"],))
         old = database_version(conn)
-        if old > target:
-            raise ConfigError(
-                f"the database has schema version {old}, newer than this peernet "
-                f"({target}); upgrade peernet"
-            )
-        if old == 0:
-            _run_script(conn, schema_text(f"postgresql-v{target}.sql"))
-        else:
-            for version in range(old + 1, target + 1):
-                _run_script(conn, schema_text(f"postgresql-upgrade-to-v{version}.sql"))
+        for name in migration_scripts(old, target, prefix="postgresql-"):
+            _run_script(conn, schema_text(name))
         conn.execute("COMMIT")
     except BaseException:
         _quiet_rollback(conn)

@@ -77,23 +77,30 @@ def database_version(conn):
     return conn.execute("SELECT version FROM version").fetchone()[0]
 
 
-def create_or_upgrade(conn, target=SCHEMA_VERSION):
-    """Bring the open database to schema ``target``; return the old version."""
-    old = database_version(conn)
+def migration_scripts(old, target, prefix=""):
+    """The schema files (named ``{prefix}v{target}.sql`` and
+    ``{prefix}upgrade-to-v{n}.sql``) that take a database from version ``old``
+    (0: empty) to ``target``, in order; a ConfigError if ``old`` is newer."""
     if old > target:
         raise ConfigError(
             f"the database has schema version {old}, newer than this peernet "
             f"({target}); upgrade peernet"
         )
-    if old == target:
+    if old == 0:
+        return [f"{prefix}v{target}.sql"]
+    return [f"{prefix}upgrade-to-v{version}.sql" for version in range(old + 1, target + 1)]
+
+
+def create_or_upgrade(conn, target=SCHEMA_VERSION):
+    """Bring the open database to schema ``target``; return the old version."""
+    old = database_version(conn)
+    scripts = migration_scripts(old, target)
+    if not scripts:
         return old
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if old == 0:
-            _run_script(conn, schema_text(f"v{target}.sql"))
-        else:
-            for version in range(old + 1, target + 1):
-                _run_script(conn, schema_text(f"upgrade-to-v{version}.sql"))
+        for name in scripts:
+            _run_script(conn, schema_text(name))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -398,8 +398,8 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
             if carries:
                 known.setdefault(v, set()).add(src)
             out.append((ARESP, src, v, carries, sizes["ask_resp"]))
-        elif kind == ARESP:
-            sync_out.pop((v, src), None)  # core: the answer's id is in sync_ids
+        elif kind == ARESP or kind == SRESP:
+            sync_out.pop((v, src), None)  # core: an ask's answer id is in sync_ids too
             if arg:
                 known.setdefault(v, set()).add(src)
                 if not has[v]:
@@ -422,13 +422,6 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
             out.append((SRESP, src, v, carries, total))
             if differing and (v, src) not in sync_out:
                 start_sync(v, src, t)
-        elif kind == SRESP:
-            sync_out.pop((v, src), None)
-            if arg:
-                known.setdefault(v, set()).add(src)
-                if not has[v]:
-                    deliver_to(v, t, "sync", None)
-                    schedule_pings(v, src, t)
         elif kind == ML_MSG:
             if has[v]:
                 dups += 1

@@ -2,6 +2,7 @@
 talk to them with plain HTTP from the test thread."""
 
 import base64
+import hashlib
 import http.client
 import json
 import os
@@ -147,3 +148,20 @@ def assert_one_line_error(out, *words):
     for word in words:
         assert word in lines[0], (word, lines[0])
     return lines[0]
+
+
+def make_repo(path, seed, sizes, stem="part", subdir="sub"):
+    """A directory of pseudo-random files (the same seed gives the same bytes):
+    ``{stem}{i}.bin``, every second one in ``subdir``; returns {relative path:
+    SHA-256 hex}."""
+    os.makedirs(path, exist_ok=True)
+    digests = {}
+    for i, size in enumerate(sizes):
+        rel = f"{stem}{i}.bin" if i % 2 == 0 else f"{subdir}/{stem}{i}.bin"
+        os.makedirs(os.path.dirname(os.path.join(path, rel)), exist_ok=True)
+        block = hashlib.sha256(f"{seed}/{i}".encode()).digest() * (1024 * 1024 // 32)
+        data = (block * (size // len(block) + 1))[:size]
+        with open(os.path.join(path, rel), "wb") as f:
+            f.write(data)
+        digests[rel] = hashlib.sha256(data).hexdigest()
+    return digests

@@ -11,14 +11,13 @@ Chromium and chromedriver come from Debian (`apt-get install chromium
 chromium-driver`; scripts/test.sh installs them): without them this test fails.
 """
 
-import hashlib
 import os
 import shutil
 import time
 
 import pytest
 
-from conftest import wait_for as _wait_for
+from conftest import make_repo, wait_for as _wait_for
 from peernet.devnet import DevNet
 
 pytestmark = pytest.mark.slow
@@ -27,24 +26,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 IMG_DIR = os.path.join(ROOT, "docs", "img")
 MiB = 1024 * 1024
 WAIT = 30  # seconds: the bound of every wait in the browser
-
-
-def make_repo(path, sizes):
-    os.makedirs(path, exist_ok=True)
-    digests = {}
-    for i, size in enumerate(sizes):
-        rel = f"reel{i}.bin" if i % 2 == 0 else f"extras/reel{i}.bin"
-        os.makedirs(os.path.dirname(os.path.join(path, rel)), exist_ok=True)
-        block = hashlib.sha256(f"films/{i}".encode()).digest() * (MiB // 32)
-        data = (block * (size // len(block) + 1))[:size]
-        with open(os.path.join(path, rel), "wb") as f:
-            f.write(data)
-        digests[rel] = hashlib.sha256(data).hexdigest()
-    return digests
-
-
-
-
 
 
 @pytest.fixture
@@ -126,7 +107,7 @@ def test_dashboard_in_a_real_browser(tmp_path, browser):
 
     os.makedirs(IMG_DIR, exist_ok=True)
     films = tmp_path / "films"
-    expected = make_repo(films, [6 * MiB, 1234, 2 * MiB])
+    expected = make_repo(films, "films", [6 * MiB, 1234, 2 * MiB], stem="reel", subdir="extras")
     with DevNet(str(tmp_path / "net"), broadcasting=0, silent=0) as net:
         seeder = net.add_peer("peer1", broadcast=True, host="127.0.0.10",
                               extra=["--share", f"films={films}", "--upload-limit", "4096"])

@@ -9,26 +9,12 @@ import time
 
 import pytest
 
+from conftest import make_repo
 from peernet.devnet import DevNet
 from peernet.records import verify_signed_record
 
 pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
-
-
-def make_repo(path, seed, sizes):
-    """A directory of pseudo-random files (the same seed gives the same bytes)."""
-    os.makedirs(path, exist_ok=True)
-    digests = {}
-    for i, size in enumerate(sizes):
-        rel = f"part{i}.bin" if i % 2 == 0 else f"sub/part{i}.bin"
-        os.makedirs(os.path.dirname(os.path.join(path, rel)), exist_ok=True)
-        block = hashlib.sha256(f"{seed}/{i}".encode()).digest() * (MiB // 32)
-        data = (block * (size // len(block) + 1))[:size]
-        with open(os.path.join(path, rel), "wb") as f:
-            f.write(data)
-        digests[rel] = hashlib.sha256(data).hexdigest()
-    return digests
 
 
 def wait_job(peer, job_id, states, timeout):

@@ -165,3 +165,38 @@ def make_repo(path, seed, sizes, stem="part", subdir="sub"):
             f.write(data)
         digests[rel] = hashlib.sha256(data).hexdigest()
     return digests
+
+
+def server_certificate(directory, ip):
+    """(key path, certificate path) of a self-signed server certificate for
+    ``ip`` (a subjectAltName IP entry), for an HTTPS bootstrap; give the
+    certificate to clients as their trust store (SSL_CERT_FILE, cafile=)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bootstrap {ip}")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_path = os.path.join(directory, "bootstrap-key.pem")
+    cert_path = os.path.join(directory, "bootstrap-cert.pem")
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path

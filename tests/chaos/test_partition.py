@@ -28,8 +28,9 @@ import time
 
 import pytest
 
+from conftest import server_certificate
 from gossip_checks import has_version, open_links, publish, wait_converged
-from netns_lab import NetnsLab, netns_available, server_certificate
+from netns_lab import NetnsLab, netns_available
 from peernet.devnet import BootstrapNode, DevNet
 
 pytestmark = pytest.mark.slow

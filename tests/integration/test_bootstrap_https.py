@@ -1,38 +1,14 @@
 """`--listen ssl:...` serves the API over HTTPS with the operator's certificate."""
 
-import datetime
 import http.client
-import ipaddress
 import json
 import ssl
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from conftest import server_certificate
 
 pytestmark = pytest.mark.slow
-
-
-def make_server_certificate(directory):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bootstrap.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
 
 
 def get(host, port, context, server_hostname=None):
@@ -46,7 +22,7 @@ def get(host, port, context, server_hostname=None):
 
 
 def test_https_listener_with_certificate_checks(bootstrap_factory, tmp_path):
-    key_path, cert_path = make_server_certificate(tmp_path)
+    key_path, cert_path = server_certificate(str(tmp_path), "127.0.0.1")
     server = bootstrap_factory(
         listen=f"ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}",
         scheme="https",

@@ -2,7 +2,10 @@
 
 import json
 import signal
+import socket
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def out_stem(out):
@@ -30,3 +33,30 @@ def write_results(stem, report, markdown, indent=1):
     json_path.write_text(json.dumps(report, indent=indent) + "\n")
     md_path.write_text(markdown)
     return json_path, md_path
+
+
+def open_event_stream(node, timeout=10.0):
+    """Connect to ``node``'s ``/api/events`` and read past the 200 header.
+
+    Returns ``(sock, rest)``: the connected socket (still with ``timeout``) and the bytes already
+    read after the header, which belong to the first events.
+    """
+    parts = urlsplit(node.control_url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+    sock.sendall((f"GET /api/events HTTP/1.0\r\nHost: {parts.hostname}\r\n"
+                  f"Authorization: Bearer {node.token}\r\n"
+                  "Accept: text/event-stream\r\n\r\n").encode())
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while b"\r\n\r\n" not in buf:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{node.name}: no events stream header")
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError(f"{node.name}: events stream closed: {buf[:200]!r}")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    if b" 200 " not in status + b" ":
+        raise RuntimeError(f"{node.name}: events stream: {status!r}")
+    return sock, rest

@@ -59,7 +59,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import serf_reference  # noqa: E402  (benchmarks/ is not a package)
-from common import out_stem, raise_on_sigterm, say, write_results  # noqa: E402
+from common import open_event_stream, out_stem, raise_on_sigterm, say, write_results  # noqa: E402
 from machine import machine_facts  # noqa: E402  (shared by every benchmark)
 from serf_reference import (  # noqa: E402,F401  (re-exported for run_peernet)
     DEFAULT_TIMEOUT_S, MAX_AGENTS, SerfUnavailable, percentile, run_serf,
@@ -109,24 +109,7 @@ class EventStreams(threading.Thread):
     def open(self, timeout=10.0):
         """Open every stream (blocking) and wait for each server's greeting."""
         for i, node in enumerate(self.nodes):
-            parts = urlsplit(node.control_url)
-            sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
-            sock.sendall((f"GET /api/events HTTP/1.0\r\nHost: {parts.hostname}\r\n"
-                          f"Authorization: Bearer {node.token}\r\n"
-                          f"Accept: text/event-stream\r\n\r\n").encode())
-            buf = b""
-            deadline = time.monotonic() + timeout
-            while b"\r\n\r\n" not in buf:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{node.name}: no events stream header")
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise RuntimeError(f"{node.name}: events stream closed: {buf[:200]!r}")
-                buf += chunk
-            head, _, rest = buf.partition(b"\r\n\r\n")
-            status = head.split(b"\r\n", 1)[0]
-            if b" 200 " not in status + b" ":
-                raise RuntimeError(f"{node.name}: events stream: {status!r}")
+            sock, rest = open_event_stream(node, timeout)
             sock.setblocking(False)
             self._sel.register(sock, selectors.EVENT_READ, [i, rest])
         self.start()

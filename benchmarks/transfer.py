@@ -65,8 +65,7 @@ import time
 import traceback
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import urlsplit
-from common import out_stem, raise_on_sigterm, say, write_results  # shared by every benchmark
+from common import open_event_stream, out_stem, raise_on_sigterm, say, write_results  # shared by every benchmark
 from machine import machine_facts as shared_machine_facts  # shared by every benchmark
 
 HERE = Path(__file__).resolve().parent
@@ -352,23 +351,7 @@ class DownloadEvents(threading.Thread):
         self.sock = None
 
     def open(self, timeout=10.0):
-        parts = urlsplit(self.node.control_url)
-        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
-        sock.sendall((f"GET /api/events HTTP/1.0\r\nHost: {parts.hostname}\r\n"
-                      f"Authorization: Bearer {self.node.token}\r\n"
-                      "Accept: text/event-stream\r\n\r\n").encode())
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while b"\r\n\r\n" not in buf:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.node.name}: no events stream header")
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"{self.node.name}: events stream closed: {buf[:200]!r}")
-            buf += chunk
-        head, _, self._buf = buf.partition(b"\r\n\r\n")
-        if b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
-            raise RuntimeError(f"{self.node.name}: events stream: {head[:200]!r}")
+        sock, self._buf = open_event_stream(self.node, timeout)
         sock.settimeout(1.0)
         self.sock = sock
         self._stopping = False

@@ -41,6 +41,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
+from common import cpu_seconds  # shared by every benchmark
 from machine import machine_facts  # shared by every benchmark
 
 HERE = Path(__file__).resolve().parent
@@ -191,16 +192,6 @@ def background_load(seconds=1.0):
     time.sleep(seconds)
     b1, s1 = system_cpu()
     return (b1 - b0) / seconds
-
-
-def cpu_seconds(pid):
-    """utime+stime of a process in seconds, or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 # -- servers -------------------------------------------------------------------

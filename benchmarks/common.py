@@ -1,6 +1,7 @@
 """Small pieces every benchmark script shares: output paths, SIGTERM, progress, results files."""
 
 import json
+import os
 import signal
 import socket
 import time
@@ -60,3 +61,13 @@ def open_event_stream(node, timeout=10.0):
     if b" 200 " not in status + b" ":
         raise RuntimeError(f"{node.name}: events stream: {status!r}")
     return sock, rest
+
+
+def cpu_seconds(pid):
+    """utime+stime of a process in seconds, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None

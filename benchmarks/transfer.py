@@ -65,7 +65,8 @@ import time
 import traceback
 from importlib import metadata
 from pathlib import Path
-from common import open_event_stream, out_stem, raise_on_sigterm, say, write_results  # shared by every benchmark
+from common import (  # shared by every benchmark
+    cpu_seconds, open_event_stream, out_stem, raise_on_sigterm, say, write_results)
 from machine import machine_facts as shared_machine_facts  # shared by every benchmark
 
 HERE = Path(__file__).resolve().parent
@@ -411,15 +412,6 @@ class DownloadEvents(threading.Thread):
             self.join(3)
 
 
-def proc_cpu_s(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def cpu_total_s():
     """(busy, total) jiffies of the whole machine, for 'other load' notes."""
     with open("/proc/stat") as f:
@@ -501,7 +493,7 @@ class Reference:
         dest = fresh_dir(self.workdir, f"dl-{self.label}-{index}")
         probe = DiskProbe(dest, time.monotonic() + RUN_TIMEOUT)
         probe.start()
-        seeder_cpu0 = proc_cpu_s(self.seeder.pid)
+        seeder_cpu0 = cpu_seconds(self.seeder.pid)
         busy0, all0 = cpu_total_s()
         proc = start_role(self.procs, "_downloader", {
             "settings": self.dl_settings, "source": self.magnet, "dest": dest,
@@ -515,7 +507,7 @@ class Reference:
             self.procs.stop(proc)
             probe.stop()
         busy1, all1 = cpu_total_s()
-        seeder_cpu1 = proc_cpu_s(self.seeder.pid)
+        seeder_cpu1 = cpu_seconds(self.seeder.pid)
         t0 = out["t_add"]
         rel = (lambda k: None if out.get(k) is None else out[k] - t0)
         row = {
@@ -609,16 +601,16 @@ class Peernet:
             idle = time.monotonic() - t_spawn
             probe = DiskProbe(dest, time.monotonic() + RUN_TIMEOUT)
             probe.start()
-            cpu0 = proc_cpu_s(silent.pid)
-            seeder_cpu0 = proc_cpu_s(self.seeder.pid)
+            cpu0 = cpu_seconds(silent.pid)
+            seeder_cpu0 = cpu_seconds(self.seeder.pid)
             busy0, all0 = cpu_total_s()
             t0 = time.monotonic()
             job = silent.api("POST", "get", {"repo": REPO_NAME, "dest": dest})
             t_post = time.monotonic()
             end = events.wait_end(job["id"], t0 + RUN_TIMEOUT)
             t_end = time.monotonic()
-            cpu1 = proc_cpu_s(silent.pid)
-            seeder_cpu1 = proc_cpu_s(self.seeder.pid)
+            cpu1 = cpu_seconds(silent.pid)
+            seeder_cpu1 = cpu_seconds(self.seeder.pid)
             busy1, all1 = cpu_total_s()
             probe.stop()
             evs = [(t, e) for t, e in list(events.events) if e.get("id") == job["id"]]

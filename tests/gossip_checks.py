@@ -53,20 +53,29 @@ def publish(origin):
     return origin_id, repo, origin.set_repos([{"name": repo}])
 
 
+def wait_every(net, nodes, ready, timeout, interval=0.1):
+    """Poll ``ready(p)`` for each of ``nodes`` (a node once ready is not asked
+    again) until all are; returns the ones still not ready when ``timeout``
+    ran out, [] if none."""
+    pending = list(nodes)
+
+    def everyone():
+        pending[:] = [p for p in pending if not ready(p)]
+        return not pending
+
+    net.wait(everyone, timeout, interval=interval)
+    return pending
+
+
 def publish_and_measure(origin, watchers, net, deadline=UPDATE_DEADLINE):
     """``origin`` publishes a fresh repo; returns (seconds until every watcher
     holds the new version, repo name, version)."""
     start = time.monotonic()
     origin_id, repo, version = publish(origin)
-    pending = list(watchers)
-
-    def everyone():
-        pending[:] = [p for p in pending if not has_version(p, origin_id, version, repo)]
-        return not pending
-
-    waited = net.wait(everyone, deadline + 10, interval=0.02)
+    pending = wait_every(net, watchers, lambda p: has_version(p, origin_id, version, repo),
+                         deadline + 10, interval=0.02)
     elapsed = time.monotonic() - start
-    assert waited is not None, (
+    assert not pending, (
         f"{origin.name}'s update (version {version}) did not reach "
         f"{[p.name for p in pending]} in {deadline + 10} s")
     return elapsed, repo, version

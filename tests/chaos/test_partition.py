@@ -29,7 +29,7 @@ import time
 import pytest
 
 from conftest import server_certificate
-from gossip_checks import has_version, open_links, publish, wait_converged
+from gossip_checks import has_version, open_links, publish, wait_converged, wait_every
 from netns_lab import NetnsLab, netns_available
 from peernet.devnet import BootstrapNode, DevNet
 
@@ -134,15 +134,10 @@ def test_partition_then_heal_every_live_peer_holds_every_live_record(tmp_path, l
             lab.heal()
             versions = latest_versions(net.broadcasters)
             assert versions[id_a] >= ver_a and versions[id_b] >= ver_b
-            pending = list(nodes)
-
-            def everyone_has_everything():
-                pending[:] = [p for p in pending if not holds_all(p, versions)]
-                return not pending
-
-            waited = net.wait(everyone_has_everything, HEAL_BOUND + 30, interval=0.2)
+            pending = wait_every(net, nodes, lambda p: holds_all(p, versions),
+                                 HEAL_BOUND + 30, interval=0.2)
             healed_in = time.monotonic() - healed_at
-            assert waited is not None, (
+            assert not pending, (
                 f"{[p.name for p in pending]} still lack records {HEAL_BOUND + 30} s "
                 f"after healing")
             print(f"partition of {healed_at - cut_at:.1f} s; every peer held every live "

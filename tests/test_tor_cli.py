@@ -15,6 +15,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from peernet.devnet import twist_command
+from tor_fixture import tor_processes_of
 
 pytestmark = pytest.mark.slow
 
@@ -32,22 +33,6 @@ def run(tmp_path, *args, env=None, timeout=90):
         twist_command() + ["peer", "--state-dir", str(tmp_path / "state"), *args],
         capture_output=True, text=True, timeout=timeout, cwd=tmp_path,
         stdin=subprocess.DEVNULL, env=env)
-
-
-def tor_processes_of(state_dir):
-    """pids of tor processes whose torrc lives under ``state_dir``."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"tor") and any(str(state_dir).encode() in a for a in argv):
-            found.append(int(pid))
-    return found
 
 
 @pytest.mark.parametrize("args, words", [

@@ -7,8 +7,11 @@ takes the module name ``conftest`` and breaks ``from conftest import ...``.
 directory authorities and two relays of the Debian ``tor`` binary, see
 ``peernet.tor.testnet``).  It starts lazily, only when a test asks for it, and
 every tor it started is stopped by pid at the end of the session.
+
+``tor_processes_of(dir)``: pids of the tor processes whose torrc lives under ``dir``.
 """
 
+import os
 import shutil
 
 import pytest
@@ -29,3 +32,19 @@ def tor_network(tmp_path_factory):
         yield network
     finally:
         network.stop()
+
+
+def tor_processes_of(state_dir):
+    """pids of tor processes whose torrc lives under ``state_dir``."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"tor") and any(str(state_dir).encode() in a for a in argv):
+            found.append(int(pid))
+    return found

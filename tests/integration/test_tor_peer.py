@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from peernet.devnet import BootstrapNode, PeerNode
 from peernet.records import verify_signed_record
 from peernet.tor.testnet import free_ports
+from tor_fixture import tor_processes_of
 
 # Shared helpers of the other integration tests (same directory, no package).
 from test_gossip_network import _hits, _needles
@@ -431,23 +432,9 @@ def test_silent_peer_with_the_tor_it_launches(world):
     assert os.path.exists(torrc)
     silent2.stop()
     deadline = time.monotonic() + 15
-    while _tor_pids_under(silent2.state_dir) and time.monotonic() < deadline:
+    while tor_processes_of(silent2.state_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _tor_pids_under(silent2.state_dir) == []
-
-
-def _tor_pids_under(path):
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv[0].endswith(b"tor") and any(path.encode() in a for a in argv):
-                found.append(int(pid))
-    return found
+    assert tor_processes_of(silent2.state_dir) == []
 
 
 def test_no_other_node_holds_a_trace_of_the_silent_peer(world):

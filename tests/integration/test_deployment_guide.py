@@ -60,13 +60,7 @@ def kill_all(pid_file):
             pass
     deadline = time.monotonic() + 20
     for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
+        if not _gone_by(pid, deadline):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -121,15 +115,20 @@ def test_single_host_section_as_written(tmp_path):
         kill_all(pid_file)
 
 
-def _wait_gone(pid, timeout=30):
-    deadline = time.monotonic() + timeout
+def _gone_by(pid, deadline):
+    """Whether process ``pid`` has exited by ``deadline`` (time.monotonic())."""
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
+            return True
         time.sleep(0.1)
-    raise AssertionError(f"process {pid} still running")
+    return False
+
+
+def _wait_gone(pid, timeout=30):
+    if not _gone_by(pid, time.monotonic() + timeout):
+        raise AssertionError(f"process {pid} still running")
 
 
 # -- HTTPS with a certbot-like certificate chain ------------------------------------------

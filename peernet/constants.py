@@ -40,8 +40,14 @@ TTL_RESPONSE = 16
 TTL_HEARTBEAT = 2
 #: Highest TTL accepted per message type (HELLO is link-local: 0..1).
 MAX_TTL_BY_TYPE = {1: 1, 2: 32, 3: 16, 4: 16, 5: 2, 6: 32}
-#: Push fan-out on first receipt of an announcement or update.
+#: Push fan-out on first receipt of an announcement or update, used when a
+#: node has no eager links (and for PEER_REQUEST forwarding).
 FANOUT = 3
+#: Each node marks this many of its outbound links *eager* (HELLO ``eager``);
+#: a link is eager at both ends when either end marked it.  Past the flood
+#: phase a push travels over eager links only: they form a connected mesh
+#: (a random 2-out graph), so the push reaches every peer deterministically.
+EAGER_LINKS = 2
 #: After pushing, a node tells the neighbours it did not push to its new
 #: table digest this much later (coalesced), so a neighbour the random push
 #: missed pulls the record at once instead of at the next heartbeat.

@@ -166,6 +166,7 @@ BODY_FIELDS = {
         "repos": (_int(0, 2**31), True),
         "digest": (_bin(DIGEST_BYTES), True),
         "n": (_int(0, 2**31), True),
+        "eager": (_bool, False),
     },
     MessageType.PEER_ANNOUNCEMENT: {**_COMMON, **_RECORD},
     MessageType.PEER_UPDATE: {**_COMMON, **_RECORD},

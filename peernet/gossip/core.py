@@ -122,6 +122,8 @@ class LinkState:
     #: record hashes this link is known to hold (sent to it or received from it)
     known: OrderedDict = field(default_factory=OrderedDict)
     penalties: int = 0
+    #: pushes past the flood phase go over eager links (either end marked it)
+    eager: bool = False
 
     def mark_known(self, h):
         self.known[h] = None
@@ -296,11 +298,23 @@ class GossipCore:
         frame = codec.encode(mtype, ttl, body, self.identity.sign(body))
         self.dedup.add(codec.message_id(body))
         actions = []
-        for link in self._ready_links():
+        for link in self._publish_targets():
             link.mark_known(entry.hash)
             actions.append(self._send(link, frame, mtype))
         actions.append(TableChange("updated", entry.peer_id))
         return actions
+
+    def _publish_targets(self):
+        """Our own push goes to every link, unless our links are more than a
+        quarter of the network (``4 * D > N``): in so small a network a flood
+        from the origin is mostly duplicates, and the eager links reach
+        everyone anyway.  Links still lacking a HELLO get nothing."""
+        ready = self._ready_links()
+        if 4 * len(self.links) > len(self.table):
+            eager = [l for l in ready if l.eager]
+            if eager:
+                return eager
+        return ready
 
     # -- links ------------------------------------------------------------------------
 
@@ -308,6 +322,10 @@ class GossipCore:
         """A transport link is up (TLS done); returns the HELLO to send."""
         now = self.now()
         link = LinkState(link_id, outbound, tls_peer_id, now, now, last_heartbeat_sent=now)
+        # Mark the first EAGER_LINKS outbound links eager; when one closes, the
+        # link the connection manager dials to replace it takes its place.
+        link.eager = outbound and sum(
+            1 for l in self.links.values() if l.outbound and l.eager) < constants.EAGER_LINKS
         self.links[link_id] = link
         body = {
             "id": self._random_id(), "ts": self.now_ms(),
@@ -315,6 +333,8 @@ class GossipCore:
             "repos": len(self._repos) if self.broadcasting else 0,
             "digest": self.table.digest(), "n": len(self.table),
         }
+        if link.eager:
+            body["eager"] = True
         if self.broadcasting:
             body["rec"], body["rsig"] = self.own.record_bytes, self.own.signature
             link.mark_known(self.own.hash)
@@ -384,6 +404,7 @@ class GossipCore:
             link.mark_known(entry.hash)
             actions += self._apply(entry, source=link)
         link.hello_received = True
+        link.eager = link.eager or body.get("eager", False)
         link.remote_broadcasting = body["bc"]
         link.remote_digest = body["digest"]
         if link.remote_digest != self.table.digest():
@@ -519,8 +540,7 @@ class GossipCore:
         if push is not None:
             msg, from_link = push
             if msg.ttl > 0 and self._relayable(msg):
-                targets = self._pick(exclude={from_link.id}, count=self.fanout,
-                                     lacking=entry.hash)
+                targets = self._relay_targets(msg, from_link, entry.hash)
                 frame = codec.relay(msg, msg.ttl - 1)
                 for t in targets:
                     t.mark_known(entry.hash)
@@ -543,6 +563,31 @@ class GossipCore:
         """Enough of the timestamp window left to relay ``msg`` safely."""
         skew = msg.body["ts"] / 1000.0 - self.now()
         return abs(skew) <= constants.CLOCK_SKEW_SECONDS - RELAY_WINDOW_MARGIN
+
+    def _relay_targets(self, msg, from_link, record_hash):
+        """Where a push that changed our table goes next (docs/protocol.md, "Push").
+
+        Flood phase: while the wave this node would start is no bigger than
+        the network, ``D * (D - 1) ** (hops + 1) <= N`` (D our links, N our
+        table, hops those the push already made), forward to every link that
+        lacks the record: early hops are cheap (few peers hold it yet) and
+        flooding them takes the most hops off the spread.  After that, only
+        the eager links that lack it: the eager mesh is connected, so the push
+        still reaches everyone, at about 2 duplicates per delivery.  A node
+        with no eager link falls back to FANOUT random links.
+        """
+        candidates = [l for l in self._ready_links()
+                      if l is not from_link and record_hash not in l.known]
+        d = len(self.links)
+        hops = constants.MAX_TTL_BY_TYPE[msg.type] - msg.ttl
+        if d * (d - 1) ** (hops + 1) <= len(self.table):
+            return candidates
+        eager = [l for l in candidates if l.eager]
+        if eager or any(l.eager for l in self._ready_links()):
+            return eager
+        if len(candidates) <= self.fanout:
+            return candidates
+        return self.rng.sample(candidates, self.fanout)
 
     def _pick(self, exclude, count, lacking=None):
         candidates = [l for l in self._ready_links()

@@ -107,6 +107,14 @@ class Variant:
     retransmit_mult: int = 4
     mesh_degree: int = 6
     history: int = 3
+    #: peernet push rule (core ``_relay_targets``): ``flood`` forwards to
+    #: every link lacking the record while D * (D - 1) ** (hops + 1) <= N,
+    #: then over eager links only (each peer marks its first ``eager_links``
+    #: outbound links; either end's mark makes a link eager).  With
+    #: eager_links 0 and no flood: ``fanout`` random links (the rule before).
+    eager_links: int = constants.EAGER_LINKS
+    flood: bool = True
+    flood_factor: float = 1.0
 
     @classmethod
     def peernet(cls, **kw):
@@ -114,7 +122,14 @@ class Variant:
 
     @classmethod
     def push_only(cls, heartbeats=False, **kw):
+        kw.setdefault("eager_links", 0)
+        kw.setdefault("flood", False)
         return cls("push", pings=False, heartbeats=heartbeats, **kw)
+
+    @classmethod
+    def peernet_fanout(cls, **kw):
+        """peernet's rule before the eager mesh: push to ``fanout`` random links."""
+        return cls("peernet", eager_links=0, flood=False, **kw)
 
     @classmethod
     def memberlist(cls, **kw):
@@ -172,9 +187,19 @@ def frame_sizes():
     return _SIZES
 
 
-def random_adjacency(n, degree_out, rng):
-    """Each peer dials ``degree_out`` distinct random peers (as SimNetwork)."""
+class Adjacency(list):
+    """Adjacency lists, plus ``eager``: per peer, the set of neighbours whose
+    link is eager (None: pick at random when simulating)."""
+
+    eager = None
+
+
+def random_adjacency(n, degree_out, rng, eager_links=constants.EAGER_LINKS):
+    """Each peer dials ``degree_out`` distinct random peers (as SimNetwork);
+    its first ``eager_links`` dials are eager links (as GossipCore marks
+    them)."""
     adj = [set() for _ in range(n)]
+    eager = [set() for _ in range(n)]
     for v in range(n):
         made, tries = 0, 0
         while made < degree_out and tries < 4 * degree_out + 20:
@@ -184,8 +209,13 @@ def random_adjacency(n, degree_out, rng):
                 continue
             adj[v].add(w)
             adj[w].add(v)
+            if made < eager_links:
+                eager[v].add(w)
+                eager[w].add(v)
             made += 1
-    return [sorted(s) for s in adj]
+    out = Adjacency(sorted(s) for s in adj)
+    out.eager = eager
+    return out
 
 
 class LiteResult:
@@ -253,6 +283,11 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
     gs_seen_at = {}
     if variant.kind == "gossipsub":
         mesh = _build_mesh(adj, variant.mesh_degree, rng)
+    eager = None
+    if variant.kind == "peernet" and variant.eager_links:
+        eager = getattr(adj, "eager", None)
+        if eager is None or variant.eager_links != constants.EAGER_LINKS:
+            eager = _pick_eager(adj, variant.eager_links, rng)
 
     def push_event(t, kind, dst, src, arg):
         nonlocal seq
@@ -313,7 +348,11 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
     deliver_to(origin, t0, "origin", 0)
     if variant.kind in ("peernet", "push"):
         kv = known.setdefault(origin, set())
-        for w in adj[origin]:
+        d = len(adj[origin])
+        targets = adj[origin]
+        if variant.flood and eager is not None and eager[origin] and 4 * d > n:
+            targets = sorted(eager[origin])  # core _publish_targets
+        for w in targets:
             kv.add(w)
             out.append((PUSH, w, origin, variant.ttl, sizes["push"]))
     elif variant.kind == "memberlist":
@@ -357,7 +396,12 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
                 deliver_to(v, t, "push", variant.ttl - arg)
                 if arg > 0:
                     cands = [w for w in adj[v] if w != src and w not in kv]
-                    if len(cands) > variant.fanout:
+                    d = len(adj[v])
+                    if variant.flood and d * (d - 1) ** (variant.ttl - arg + 1) <= n * variant.flood_factor:
+                        pass  # flood phase: every link lacking it
+                    elif eager is not None and eager[v]:
+                        cands = [w for w in cands if w in eager[v]]
+                    elif len(cands) > variant.fanout:
                         cands = rng.sample(cands, variant.fanout)
                     for w in cands:
                         kv.add(w)
@@ -517,3 +561,15 @@ def _build_mesh(adj, degree, rng):
             mesh[v].add(w)
             mesh[w].add(v)
     return mesh
+
+
+
+def _pick_eager(adj, k, rng):
+    """Eager sets for an adjacency without dial order: each peer marks ``k``
+    random links; a link is eager at both ends if either end marked it."""
+    eager = [set() for _ in range(len(adj))]
+    for v, ws in enumerate(adj):
+        for w in (rng.sample(list(ws), k) if len(ws) > k else ws):
+            eager[v].add(w)
+            eager[w].add(v)
+    return eager

@@ -259,8 +259,13 @@ class SimNetwork(LinkedCores):
         self.process(b, b.core.link_opened(lb, False, a_id))
 
     def adjacency(self):
-        """Undirected adjacency lists (live links), for the lite model."""
-        return [sorted({o for o, _ in nd.links.values()}) for nd in self.nodes]
+        """Undirected adjacency lists (live links) with each peer's eager
+        neighbours (``GossipCore``'s LinkState.eager), for the lite model."""
+        from peernet.sim.lite import Adjacency
+        adj = Adjacency(sorted({o for o, _ in nd.links.values()}) for nd in self.nodes)
+        adj.eager = [{nd.links[lid][0] for lid, link in nd.core.links.items()
+                      if link.eager and lid in nd.links} for nd in self.nodes]
+        return adj
 
     # -- churn -------------------------------------------------------------------
 

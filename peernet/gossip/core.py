@@ -12,8 +12,9 @@ Rules (docs/protocol.md has the full text):
   unique message.  A message id enters the duplicate filter only after its
   signature verified, so a forged copy cannot shadow the genuine one.
 * PEER_ANNOUNCEMENT / PEER_UPDATE: applied to the table; if they changed it,
-  forwarded (TTL - 1) to FANOUT random links that are not known to have it.
-  The origin pushes its own messages to every link.
+  forwarded (TTL - 1) to the links not known to have it: all of them in the
+  early hops (flood phase), then only the eager links (``_relay_targets``).
+  The origin pushes its own messages to every link (``_publish_targets``).
 * Every table change schedules a *digest ping* (an early HEARTBEAT) to the
   links not known to hold the change, DIGEST_PING_DELAY later; a neighbour
   whose digest differs pulls the differing buckets (PEER_REQUEST "sync",

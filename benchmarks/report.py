@@ -9,6 +9,7 @@
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results")
 IMG = os.path.join(ROOT, "docs", "img")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 sys.path.insert(0, ROOT)
+
+from peernet.sim import experiments as E  # noqa: E402
 
 RECORD_REFRESH_INTERVAL = 1800.0
 HEARTBEAT_INTERVAL = 30.0
@@ -271,9 +274,9 @@ def main(argv=None):
         w(f"| \"TTL 32 reaches ~59 000 peers\" | push alone at TTL 32 reaches {p32['reached']:,} of "
           f"{ttl['n_push']:,} ({100 * p32['coverage']:.1f} %) using at most {p32['max_hops']} hops"
           + (f"; TTL 8 reaches {p8['reached']:,}" if p8 else "") +
-          "; digest pings + anti-entropy reach 100 % | UNDERSTATED: 59 000 is 3^10 = 59 049, a "
-          "fan-out-3 tree; TTL above ~12 changes nothing, the push stalls by random fan-out, not "
-          "by TTL, and the pull reaches the rest |")
+          "; peernet's push (flood phase, then the eager mesh) reaches 100 % | UNDERSTATED: "
+          "59 000 is 3^10 = 59 049, a fan-out-3 tree; TTL above ~12 changes nothing, a random "
+          "fan-out-3 push stalls by its randomness, not by TTL |")
     if scale:
         big = scale["runs"][-1]
         w(f"| \"50-250 s to full convergence\" | {big['n']:,} peers: median "
@@ -281,15 +284,28 @@ def main(argv=None):
           f"PASS, ~{50 / big['t100']['p99']:.0f}x faster than the seed's best case |")
         ns = [r["n"] for r in scale["runs"]]
         hops = [r["max_hops"]["median"] for r in scale["runs"]]
+        decades = max(1e-9, math.log10(ns[-1] / ns[0]))
+        per_hops = (hops[-1] - hops[0]) / decades
+        per_s = (scale["runs"][-1]["t100"]["median"] - scale["runs"][0]["t100"]["median"]) / decades
         w(f"| \"gossip O(log n)\" | max push hops {', '.join(f'{h:.0f}' for h in hops)} and "
           f"t100 {', '.join(f3(r['t100']['median']) for r in scale['runs'])} s at N = "
-          f"{', '.join(f'{x:,}' for x in ns)} | PASS: each 10x in N adds ~2 hops / ~0.1-0.15 s |")
+          f"{', '.join(f'{x:,}' for x in ns)} | PASS: each 10x in N adds ~{per_hops:.1f} hops / "
+          f"~{per_s:.2f} s |")
         w(f"| issue: 100 % of 100 000 peers within 5 s at 50 ms links | "
           f"{'p99 ' + f3(big['t100']['p99']) + ' s' if big['n'] == 100000 else 'not run'} | "
           f"{'PASS' if big['n'] == 100000 and big['t100']['p99'] < 5 else '-'} |")
         dmax = max(r["dup_per_delivery"]["max"] for r in scale["runs"])
-        w(f"| issue: at most 3 duplicates per delivery | at most {dmax:.2f} (50 ms links); 2.51 / 2.06 "
-          f"at 30 / 100 loopback peers | PASS |")
+        real_d = []
+        for name in ("convergence", "convergence-100"):
+            try:
+                real_d.append(E.load_real(os.path.join(RESULTS, name + ".json")))
+            except (OSError, KeyError, ValueError):
+                pass
+        worst = max([dmax] + [r["dup_per_delivery"] for r in real_d])
+        w(f"| issue: at most 3 duplicates per delivery | at most {dmax:.2f} (50 ms links); "
+          + " / ".join(f"{r['dup_per_delivery']:.2f}" for r in real_d) + " at "
+          + " / ".join(str(r["n"]) for r in real_d) + " real loopback peers | "
+          f"{'PASS' if worst <= 3 else 'FAIL'} |")
     if model_rows:
         hb_link = 2 * sizes["heartbeat"] / HEARTBEAT_INTERVAL
         worst = model_rows[-1]
@@ -312,15 +328,42 @@ def main(argv=None):
           f"buckets back (see 'Bandwidth' and 'Recommended core changes') |")
     if cmp_:
         rows = {r["kind"] + str(r["variant"]): r for r in cmp_["runs"] if r["n"] == max(x["n"] for x in cmp_["runs"])}
-        ours = next(r for r in rows.values() if r["kind"] == "peernet" and r.get("recent", True))
-        ml = next(r for r in rows.values() if r["kind"] == "memberlist")
-        gs = next(r for r in rows.values() if r["kind"] == "gossipsub")
-        w(f"| issue: our time-to-100 % beats memberlist/Serf-style and GossipSub-style | "
-          f"N = {ours['n']:,}: ours {f3(ours['t100'].get('median'))} s, memberlist-style "
-          f"{f3(ml['t100'].get('median'))} s, GossipSub-style {f3(gs['t100'].get('median'))} s | "
-          f"PASS vs memberlist-style; FAIL vs GossipSub-style (its eager mesh of 6 floods with "
-          f"{gs['dup_per_delivery']['median']:.1f} duplicates per delivery vs our "
-          f"{ours['dup_per_delivery']['median']:.1f}) |")
+        all_n = sorted({r["n"] for r in cmp_["runs"]})
+
+        def pick(n, test):
+            return next((r for r in cmp_["runs"] if r["n"] == n and test(r)), None)
+
+        parts, verdicts = [], []
+        for n in all_n:
+            ours = pick(n, lambda r: r.get("ours"))
+            ml = pick(n, lambda r: r["kind"] == "memberlist")
+            gs = pick(n, lambda r: r["kind"] == "gossipsub")
+            if not (ours and ml and gs):
+                continue
+            t, tm, tg = (x["t100"].get("median") for x in (ours, ml, gs))
+            parts.append(f"N = {n:,}: ours {f3(t)} s ({ours['dup_per_delivery']['median']:.1f} dup), "
+                         f"memberlist-style {f3(tm)} s, GossipSub-style {f3(tg)} s "
+                         f"({gs['dup_per_delivery']['median']:.1f} dup)")
+            verdicts.append((n, t < tm, t < tg, t - tg))
+        more = pick(all_n[-1], lambda r: r["kind"] == "peernet" and r.get("flood_factor", 1) > 1)
+        if verdicts:
+            beat_ml = all(v[1] for v in verdicts)
+            beat_gs = [v for v in verdicts if v[2]]
+            worst_gap = max(v[3] for v in verdicts)
+            verdict = ("PASS vs memberlist-style" if beat_ml else "FAIL vs memberlist-style") + "; "
+            if len(beat_gs) == len(verdicts):
+                verdict += "PASS vs GossipSub-style"
+            else:
+                verdict += (f"vs GossipSub-style: same number of 50 ms hops at every N, ours "
+                            f"{1000 * worst_gap:+.0f} ms at worst (per-frame CPU of the flood "
+                            f"phase), at half its duplicates: a tie, not a win")
+                if more:
+                    verdict += (f". One more flood hop beats it ({f3(more['t100'].get('median'))} s "
+                                f"at N = {more['n']:,}) but costs "
+                                f"{more['dup_per_delivery']['median']:.1f} duplicates per delivery, "
+                                f"over the 3 the issue allows")
+            w(f"| issue: our time-to-100 % beats memberlist/Serf-style and GossipSub-style | "
+              f"{'; '.join(parts)} | {verdict} |")
         push = next(r for r in rows.values() if r["kind"] == "push" and "alone" in r["variant"])
         w(f"| protocol.md: push fan-out 3 alone reaches about 94 % | {100 * push['coverage_median']:.1f} % "
           f"(N = {push['n']:,}) | close: ~96 % with 16 links per peer |")
@@ -350,7 +393,7 @@ def main(argv=None):
           "(the cost per frame measured in the real 100-peer run). Time is quantised by the "
           "fixed 50 ms link delay.\n")
         w("| peers | t50 median | t100 median | t100 p99 | t100 max | duplicates / delivery (median, max) | "
-          "peers reached by anti-entropy (median) |")
+          "peers reached by a pull: digest-ping ask or sync (median) |")
         w("|---:|---:|---:|---:|---:|---:|---:|")
         for r in scale["runs"]:
             vs = sorted(x["via_sync"] for x in r["rounds"])
@@ -389,8 +432,9 @@ def main(argv=None):
         for r in ttl["push_only"]:
             w(f"| {r['ttl']} | {r['reached']:,} ({100 * r['coverage']:.1f} %) | {r['max_hops']} |")
         w("")
-        w(f"Full protocol (push + digest pings + anti-entropy) at {ttl['n_full']:,} peers: the TTL "
-          "only changes how far the push goes; the pull reaches everyone anyway.\n")
+        w(f"Full protocol (flood phase + eager mesh + digest pings + anti-entropy) at "
+          f"{ttl['n_full']:,} peers: the TTL only changes how far the push goes; the pull reaches "
+          "everyone anyway.\n")
         w("| TTL | coverage | time-to-100 % | duplicates / delivery | bytes / peer / update |")
         w("|---:|---:|---:|---:|---:|")
         for r in ttl["peernet"]:
@@ -410,7 +454,12 @@ def main(argv=None):
           "no pull (Serf's 30 s push-pull syncs membership, not user events). GossipSub-style: flood "
           "publish to all links, eager forwarding to a symmetric mesh of degree 6 built on the same "
           "overlay links, every 1 s heartbeat IHAVE to 6 non-mesh links for messages of the last 3 "
-          "heartbeats, IWANT pulls them. 'push + 30 s anti-entropy' ran 70 s of simulated time.\n")
+          "heartbeats, IWANT pulls them. 'push + 30 s anti-entropy' ran 70 s of simulated time. "
+          "peernet's push (docs/protocol.md, 'Push'): every link while D(D-1)^(hops+1) <= N, then "
+          "the eager mesh (each peer's first 2 outbound links, both ends); 'one more flood hop' "
+          "floods while D(D-1)^(hops+1) <= 15 N. With fixed 50 ms links time-to-100 % moves in "
+          "steps of one hop, so designs that need the same number of hops differ only by their "
+          "per-frame CPU (a few ms).\n")
         w("| peers | design | runs | coverage (min) | time-to-100 % median | last arrival (median) | "
           "duplicates / delivery | bytes / peer / update |")
         w("|---:|---|---:|---:|---:|---:|---:|---:|")

@@ -129,7 +129,11 @@ def exp_ttl(args):
 
 def exp_compare(args):
     variants = {
-        "peernet (push 3 + digest pings + 30 s anti-entropy)": lite.Variant.peernet(),
+        "peernet (flood phase + eager mesh + digest pings + 30 s anti-entropy)": lite.Variant.peernet(),
+        "peernet with one more flood hop (the trade: time for duplicates)":
+            lite.Variant.peernet(flood_factor=15.0),
+        "peernet before the eager mesh (push to 3 random links + digest pings)":
+            lite.Variant.peernet_fanout(),
         "peernet before pings named changes (every digest mismatch: bucket sync)":
             lite.Variant.peernet(recent=False),
         "push fan-out 3 alone": lite.Variant.push_only(),
@@ -149,6 +153,9 @@ def exp_compare(args):
                                seed=0, horizon=horizon, linger=1.0)
             cov = [r["coverage"] for r in rs]
             row = {"n": n, "variant": name, "kind": var.kind, "recent": var.recent, "runs": len(rs),
+                   "eager_links": var.eager_links, "flood": var.flood,
+                   "flood_factor": var.flood_factor,
+                   "ours": var == lite.Variant.peernet(),
                    "coverage_min": min(cov), "coverage_median": E.pct(cov, 50),
                    "t100": E.summary([r["t100"] for r in rs]),
                    "t_last": E.summary([r["result"].t_last for r in rs]),

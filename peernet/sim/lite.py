@@ -114,6 +114,8 @@ class Variant:
     #: eager_links 0 and no flood: ``fanout`` random links (the rule before).
     eager_links: int = constants.EAGER_LINKS
     flood: bool = True
+    #: flood while D * (D - 1) ** (hops + 1) <= N * flood_factor (1 in the
+    #: core; 15 floods one hop more, to show what that costs)
     flood_factor: float = 1.0
 
     @classmethod
@@ -397,7 +399,8 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
                 if arg > 0:
                     cands = [w for w in adj[v] if w != src and w not in kv]
                     d = len(adj[v])
-                    if variant.flood and d * (d - 1) ** (variant.ttl - arg + 1) <= n * variant.flood_factor:
+                    wave = d * (d - 1) ** (variant.ttl - arg + 1)
+                    if variant.flood and wave <= n * variant.flood_factor:
                         pass  # flood phase: every link lacking it
                     elif eager is not None and eager[v]:
                         cands = [w for w in cands if w in eager[v]]

@@ -8,9 +8,12 @@ network and the simulator all drive this same object.
 Rules (docs/protocol.md has the full text):
 
 * Checks run cheapest first: codec (size, structure, TTL range, fields),
-  timestamp window, duplicate filter, then signatures, verified once per
-  unique message.  A message id enters the duplicate filter only after its
-  signature verified, so a forged copy cannot shadow the genuine one.
+  timestamp window, duplicate filter, then record signatures, verified once
+  per unique record.  A push (PEER_ANNOUNCEMENT / PEER_UPDATE) has one
+  signature, its record's own (``rsig``; protocol version 2 dropped the
+  envelope signature): its message id enters the duplicate filter only after
+  that record verified (or was found already verified in the table), so a
+  forged copy cannot shadow the genuine one.
 * PEER_ANNOUNCEMENT / PEER_UPDATE: applied to the table; if they changed it,
   forwarded (TTL - 1) to FANOUT random links that are not known to have it.
   The origin pushes its own messages to every link.
@@ -46,7 +49,6 @@ from peernet.errors import PeernetError
 from peernet.gossip import codec
 from peernet.gossip.codec import MessageType
 from peernet.gossip.table import PeerTable, entry_from_wire, record_hash
-from peernet.identity import verify
 from peernet.records import b64decode, b64encode, canonical_json, make_record
 
 #: A sync request is asked back only if we started none on that link this recently.
@@ -293,7 +295,9 @@ class GossipCore:
             "id": self._random_id(), "ts": self.now_ms(),
             "rec": entry.record_bytes, "rsig": entry.signature,
         })
-        frame = codec.encode(mtype, ttl, body, self.identity.sign(body))
+        # No envelope signature: the record in the body is signed already
+        # (entry.signature, by make_record), and that is the one check.
+        frame = codec.encode(mtype, ttl, body)
         self.dedup.add(codec.message_id(body))
         actions = []
         for link in self._ready_links():
@@ -391,8 +395,15 @@ class GossipCore:
         return actions
 
     def _handle_push(self, link, msg):
+        # The record's self-signature is the push's only signature.  _entry
+        # verifies it, or finds this exact record (bytes and signature)
+        # already verified in the table; either way the record is genuine,
+        # and only then does the id enter the duplicate filter.  Whoever
+        # wrapped it (origin or a relay re-stamping id/ts) cannot change what
+        # it does: a record no newer than ours changes nothing (no relay,
+        # counted as a duplicate below), a newer one is genuine news, and its
+        # issued_at bounds its life whatever the envelope says.
         entry = self._entry(msg.body["rec"], msg.body["rsig"])
-        verify(b64decode(entry.record["public_key"], "public_key"), msg.sig, msg.body_bytes)
         self.dedup.add(msg.id)
         link.mark_known(entry.hash)
         actions = self._apply(entry, source=link, push=(msg, link))

@@ -399,7 +399,8 @@ async def helper_links(reactor, args):
 
 
 def build_frames(keys, version, ts_ms):
-    """One PEER_UPDATE frame per key: new version of its record, freshly signed."""
+    """One PEER_UPDATE frame per key: new version of its record, freshly signed
+    (the record's signature is the push's only one: protocol version 2)."""
     from peernet import constants
     from peernet.gossip import codec
     from peernet.gossip.codec import MessageType
@@ -409,8 +410,7 @@ def build_frames(keys, version, ts_ms):
         rb, rsig = wire_record(key, version, ts_ms)
         body = codec.encode_body(MessageType.PEER_UPDATE, {
             "id": os.urandom(16), "ts": ts_ms, "rec": rb, "rsig": rsig})
-        frames.append(codec.encode(MessageType.PEER_UPDATE, constants.TTL_UPDATE, body,
-                                   key.sign(body)))
+        frames.append(codec.encode(MessageType.PEER_UPDATE, constants.TTL_UPDATE, body))
     return frames
 
 

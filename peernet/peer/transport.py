@@ -65,6 +65,7 @@ from peernet.peer.links import (
     CLOSE_HANDSHAKE_TIMEOUT,
     GossipClientFactory,
     GossipLink,
+    prepare_frame,
     tls_server_factory,
 )
 from peernet.records import b64decode, b64encode, canonical_json
@@ -547,14 +548,24 @@ class GossipService(service.Service):
     # -- carrying out actions ----------------------------------------------------------
 
     def _execute(self, actions):
+        # A relay is one frame (the same bytes object) sent to several links:
+        # framed once for all the inbound ones (Autobahn's prepared message);
+        # an outbound link masks each frame with its own key (sendMessage).
+        framed = prepared = None
         for action in actions:
             if isinstance(action, Send):
                 link = self._links.get(action.link)
                 if link is not None:
+                    frame = action.frame
                     if self.on_frame is not None:
-                        self.on_frame("out", action.frame)
+                        self.on_frame("out", frame)
                     try:
-                        link.send(action.frame)
+                        if link.takes_prepared:
+                            if framed is not frame:
+                                framed, prepared = frame, prepare_frame(frame)
+                            link.send_prepared(prepared)
+                        else:
+                            link.send(frame)
                     except Exception:
                         log.failure("sending on gossip link {link_id} failed", link_id=link.id)
                         self._close(link, CLOSE_NORMAL, "send failed")

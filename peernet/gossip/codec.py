@@ -23,7 +23,6 @@ GossipCore's job (in that order, cheapest first).  Every problem raises
 """
 
 import enum
-import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -66,21 +65,18 @@ class CodecError(BadRequest):
     code = "malformed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
-    """A decoded, structurally valid message."""
+    """A decoded, structurally valid message.  ``id`` is ``message_id(body_bytes)``,
+    computed once by :func:`decode` (asked twice per relayed message:
+    duplicate check, then add)."""
 
     type: MessageType
     ttl: int
     body: dict
     body_bytes: bytes
+    id: bytes
     version: int = constants.PROTOCOL_VERSION
-
-    @functools.cached_property
-    def id(self):
-        # Asked twice per relayed message (duplicate check, then add):
-        # hash the body once.
-        return message_id(self.body_bytes)
 
 
 def message_id(body_bytes):
@@ -235,10 +231,7 @@ def decode(frame):
                          f"(this node speaks {constants.PROTOCOL_VERSION})", code="bad_version")
     if env.keys() != _ENVELOPE_KEYS:
         raise CodecError("the envelope must have exactly the fields v, type, ttl, body")
-    try:
-        mtype = MessageType(env["type"]) if type(env["type"]) is int else None
-    except ValueError:
-        mtype = None
+    mtype = _TYPES.get(env["type"]) if type(env["type"]) is int else None
     if mtype is None:
         raise CodecError(f"unknown message type {str(env['type'])[:20]}", code="unknown_type")
     ttl = env["ttl"]
@@ -253,12 +246,16 @@ def decode(frame):
         raise CodecError("body must be bytes")
     body = _unpack(body_bytes, "body")
     _check_body(mtype, body)
-    return Message(mtype, ttl, body, body_bytes)
+    return Message(mtype, ttl, body, body_bytes, message_id(body_bytes))
+
+
+_TYPES = {int(t): t for t in MessageType}
+_FIELD_NAMES = {t: frozenset(fields) for t, fields in BODY_FIELDS.items()}
 
 
 def _check_body(mtype, body):
     fields = BODY_FIELDS[mtype]
-    unknown = set(body) - set(fields)
+    unknown = body.keys() - _FIELD_NAMES[mtype]
     if unknown:
         raise CodecError(f"{mtype.name} has unknown fields: {', '.join(sorted(map(str, unknown)))[:100]}")
     for name, (check, required) in fields.items():

@@ -348,14 +348,16 @@ class GossipCore:
         link = self.links.get(link_id)
         if link is None:
             return []
-        link.last_heard = self.now()
-        self.stats.received += 1
+        now = link.last_heard = self.now()
+        stats = self.stats
+        stats.received += 1
         try:
             msg = codec.decode(frame)
-            self.stats.by_type_in[msg.type] = self.stats.by_type_in.get(msg.type, 0) + 1
+            by_type = stats.by_type_in
+            by_type[msg.type] = by_type.get(msg.type, 0) + 1
             if not link.hello_received and msg.type is not MessageType.HELLO:
                 raise PeernetError("the first message on a link must be HELLO", code="no_hello")
-            skew = msg.body["ts"] / 1000.0 - self.now()
+            skew = msg.body["ts"] / 1000.0 - now
             if abs(skew) > constants.CLOCK_SKEW_SECONDS:
                 raise PeernetError(
                     f"its timestamp is {skew:+.0f} s off this node's clock, outside the "

@@ -801,9 +801,9 @@ async def test_a_relay_is_framed_once_for_inbound_links_and_masked_per_outbound_
     prepared = []
     real_prepare = transport.prepare_frame
 
-    def counting_prepare(frame):
-        prepared.append(frame)
-        return real_prepare(frame)
+    def counting_prepare(frame, masked=False):
+        prepared.append((frame, masked))
+        return real_prepare(frame, masked)
 
     monkeypatch.setattr(transport, "prepare_frame", counting_prepare)
     a = await cluster.node()
@@ -822,10 +822,10 @@ async def test_a_relay_is_framed_once_for_inbound_links_and_masked_per_outbound_
     assert [l.outbound for l in links] == [False, False, True]
     prepared.clear()
     a._execute([Send(l.id, beat) for l in links])
-    # Framed once, for the two inbound links; the outbound one went through
-    # sendMessage (masked with its own key: B requires masked client frames
-    # and would have failed the link otherwise).
-    assert prepared == [beat]
+    # Framed once for the two inbound links; once more, masked with a key of
+    # its own, for the outbound one (B requires masked client frames and
+    # would have failed the link otherwise).
+    assert prepared == [(beat, False), (beat, True)]
     await wait_until(lambda: all(any(p == beat for p, _ in raw.messages) for raw in raws)
                      and beat in heard, what="the frame on all three links")
     assert len(a.open_links()) == 3 and len(b.open_links()) == 1
@@ -875,3 +875,18 @@ async def test_links_build_no_autobahn_debug_arguments_per_frame(cluster, monkey
     assert calls == []
     assert link.protocol.trafficStats.outgoingOctetsWireLevel > wire_before
     assert link.protocol.trafficStats.incomingOctetsWireLevel >= in_before
+
+
+def test_prepared_frames_are_unmasked_for_inbound_and_freshly_masked_for_outbound():
+    from peernet.peer.links import prepare_frame
+
+    frame = bytes(range(200))
+    plain = prepare_frame(frame)
+    # FIN + binary opcode, no mask bit, 16-bit length 200, then the frame itself
+    assert plain.payloadHybi == b"\x82\x7e\x00\xc8" + frame and plain.payload_len == 200
+    masked = [prepare_frame(frame, masked=True).payloadHybi for _ in range(2)]
+    for wire in masked:
+        assert wire[:2] == b"\x82\xfe" and wire[2:4] == b"\x00\xc8"
+        key, body = wire[4:8], wire[8:]
+        assert bytes(b ^ key[i % 4] for i, b in enumerate(body)) == frame
+    assert masked[0][4:8] != masked[1][4:8]  # a fresh key per frame (2^-32 to collide)

@@ -99,17 +99,11 @@ class GossipLink:
         if self.opened and not self.closing and self.protocol is not None:
             self.protocol.sendMessage(frame, isBinary=True)
 
-    @property
-    def takes_prepared(self):
-        """Whether :meth:`send_prepared` can take an unmasked prepared frame:
-        only on the server side of a link (an inbound one).  A client must
-        mask every frame with a fresh key (RFC 6455 5.3), so one frame
-        framed once cannot go to several outbound links."""
-        return not self.outbound
-
     def send_prepared(self, prepared):
-        """Send a frame framed once by :func:`prepare_frame` (for several
-        inbound links: a relay); as :meth:`send`, a closing link sends nothing."""
+        """Send a frame made by :func:`prepare_frame`: unmasked (framed once
+        for any number of inbound links: a relay), or, on an outbound link,
+        masked for this link alone.  As :meth:`send`, a closing link sends
+        nothing."""
         protocol = self.protocol
         if (self.opened and not self.closing and protocol is not None
                 and protocol.state == WebSocketProtocol.STATE_OPEN):
@@ -146,11 +140,15 @@ class GossipLink:
             pass
 
 
-def prepare_frame(frame):
-    """``frame`` framed once as an unmasked binary WebSocket message (no
-    compression: gossip links never negotiate it), for
-    :meth:`GossipLink.send_prepared` on any number of inbound links."""
-    prepared = PreparedMessage(frame, True, False, True)
+def prepare_frame(frame, masked=False):
+    """``frame`` framed as a binary WebSocket message (no compression: gossip
+    links never negotiate it) for :meth:`GossipLink.send_prepared`.
+
+    Unmasked (the server side of a link, an inbound one), one prepared frame
+    can go to any number of links.  A client must mask each frame with a
+    fresh key (RFC 6455 5.3): ``masked=True`` draws one (as Autobahn's
+    sendMessage does), so such a frame is for one outbound link, once."""
+    prepared = PreparedMessage(frame, True, masked, True)
     prepared.payload_len = len(frame)
     return prepared
 

@@ -553,7 +553,7 @@ class GossipService(service.Service):
     def _execute(self, actions):
         # A relay is one frame (the same bytes object) sent to several links:
         # framed once for all the inbound ones (Autobahn's prepared message);
-        # an outbound link masks each frame with its own key (sendMessage).
+        # an outbound link masks each frame with a fresh key of its own.
         framed = prepared = None
         for action in actions:
             if isinstance(action, Send):
@@ -563,12 +563,12 @@ class GossipService(service.Service):
                     if self.on_frame is not None:
                         self.on_frame("out", frame)
                     try:
-                        if link.takes_prepared:
+                        if link.outbound:
+                            link.send_prepared(prepare_frame(frame, masked=True))
+                        else:
                             if framed is not frame:
                                 framed, prepared = frame, prepare_frame(frame)
                             link.send_prepared(prepared)
-                        else:
-                            link.send(frame)
                     except Exception:
                         log.failure("sending on gossip link {link_id} failed", link_id=link.id)
                         self._close(link, CLOSE_NORMAL, "send failed")

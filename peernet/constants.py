@@ -28,8 +28,8 @@ SWEEP_INTERVAL_SECONDS = 60
 EMAIL_CODE_TTL_SECONDS = 900
 
 # Gossip -------------------------------------------------------------------------
-PROTOCOL_VERSION = 1
-WEBSOCKET_SUBPROTOCOL = "peernet.1"
+PROTOCOL_VERSION = 2
+WEBSOCKET_SUBPROTOCOL = "peernet.2"
 GOSSIP_PATH = "/gossip"
 #: Largest TTL any message may carry, and the TTL each type is sent with.
 MAX_TTL = 32

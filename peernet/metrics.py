@@ -38,6 +38,7 @@ from twisted.web.resource import Resource
 import msgpack
 
 import peernet
+from peernet.gossip import codec
 from peernet.gossip.codec import MessageType
 
 log = Logger()
@@ -47,7 +48,10 @@ log = Logger()
 MESSAGE_TYPES = tuple(t.name for t in MessageType) + ("invalid",)
 DIRECTIONS = ("in", "out")
 #: The prefix every frame our codec writes starts with, up to the type byte.
-_FRAME_PREFIX = b"\x85\xa1v\x01\xa4type"
+# Everything our encoder puts before the type byte (map header, "v", the
+# protocol version, "type"), taken from a frame it made.
+_SAMPLE_FRAME = codec.encode(MessageType.HEARTBEAT, 0, b"")
+_FRAME_PREFIX = _SAMPLE_FRAME[:_SAMPLE_FRAME.index(b"type") + 4]
 _TYPE_NAMES = {int(t): t.name for t in MessageType}
 #: Buckets of the bootstrap's request latency histogram (seconds).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,

@@ -762,3 +762,131 @@ async def test_start_failures_are_reported_by_when_started(cluster):
         await cluster.node(listen="tcp:0")
     with pytest.raises(ConfigError):
         GossipService(_reactor(), NodeIdentity.generate(), broadcasting=True)
+
+
+# -- protocol version 2 and the lean send/receive path (issue 9) ---------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_1_peer_is_refused_with_a_clear_reason(cluster):
+    lines = []
+
+    def observer(event):
+        lines.append(formatEvent(event))
+
+    server = await cluster.node()
+    globalLogPublisher.addObserver(observer)
+    try:
+        old = await cluster.raw_client(server, protocols=("peernet.1",))
+        await _bounded(old.closed)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert not old.opened.called and server.open_links() == []
+    # What the old peer reads in the HTTP refusal: both versions, and what to do.
+    reason = old.wasNotCleanReason
+    assert "[400]" in reason and "subprotocol peernet.2 required" in reason, reason
+    assert "does not speak peernet.1" in reason and "upgrade peernet" in reason, reason
+    # What the refusing node's operator reads: the version, no address.
+    refused = [l for l in lines if "speaks peernet.1" in l]
+    assert len(refused) == 1 and "127.0.0.1" not in refused[0], refused
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relay_is_framed_once_for_inbound_links_and_masked_per_outbound_link(
+        cluster, monkeypatch):
+    from peernet.gossip import codec
+    from peernet.gossip.core import Send
+    from peernet.peer import transport
+
+    prepared = []
+    real_prepare = transport.prepare_frame
+
+    def counting_prepare(frame, masked=False):
+        prepared.append((frame, masked))
+        return real_prepare(frame, masked)
+
+    monkeypatch.setattr(transport, "prepare_frame", counting_prepare)
+    a = await cluster.node()
+    b = await cluster.node()
+    a.add_seed_records([signed(b)])  # A dials B: A's one outbound link
+    await wait_until(lambda: len(a.open_links(outbound=True)) == 1, what="A's link to B")
+    raws = [await cluster.raw_client(a) for _ in range(2)]
+    for raw in raws:
+        await _bounded(raw.opened)
+    await wait_until(lambda: len(a.open_links(outbound=False)) == 2, what="two inbound links")
+    heard = []
+    b.on_frame = lambda direction, frame: heard.append(frame) if direction == "in" else None
+    _, (beat,) = _hello_and_heartbeats(1)
+    assert decode(beat).type is MessageType.HEARTBEAT
+    links = a.open_links(outbound=False) + a.open_links(outbound=True)
+    assert [l.outbound for l in links] == [False, False, True]
+    prepared.clear()
+    a._execute([Send(l.id, beat) for l in links])
+    # Framed once for the two inbound links; once more, masked with a key of
+    # its own, for the outbound one (B requires masked client frames and
+    # would have failed the link otherwise).
+    assert prepared == [(beat, False), (beat, True)]
+    await wait_until(lambda: all(any(p == beat for p, _ in raw.messages) for raw in raws)
+                     and beat in heard, what="the frame on all three links")
+    assert len(a.open_links()) == 3 and len(b.open_links()) == 1
+    # A's counters for the prepared sends are kept as sendMessage keeps them.
+    for link in links[:2]:
+        stats = link.protocol.trafficStats
+        assert stats.outgoingWebSocketMessages >= 2  # HELLO (and a probe's ping) + this
+        assert stats.outgoingOctetsAppLevel >= len(beat)
+    # A closing link sends nothing (as with sendMessage), and nothing raises.
+    links[0].protocol.sendClose()
+    a._execute([Send(links[0].id, beat)])
+    assert codec.decode(beat).ttl == constants.TTL_HEARTBEAT
+
+
+@pytest_twisted.ensureDeferred
+async def test_links_build_no_autobahn_debug_arguments_per_frame(cluster, monkeypatch):
+    """Autobahn's Twisted adapter calls hltype()/hlval() on every dataReceived
+    and sendData to build a debug line nobody logs; our protocols skip it and
+    keep Autobahn's traffic counters."""
+    import autobahn.twisted.websocket as tx_ws
+    import autobahn.websocket.protocol as ws_protocol
+
+    calls = []
+
+    def counting(real):
+        def wrapper(*args, **kw):
+            calls.append(real.__name__)
+            return real(*args, **kw)
+        return wrapper
+
+    a, b, c = await trio(cluster)
+    for module in (tx_ws, ws_protocol):
+        for name in ("hltype", "hlval"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counting(getattr(module, name)))
+    link = a.open_links(outbound=False)[0]
+    wire_before = link.protocol.trafficStats.outgoingOctetsWireLevel
+    in_before = link.protocol.trafficStats.incomingOctetsWireLevel
+    a.set_repos([{"name": "films"}])  # a PEER_UPDATE on every link, pings, answers
+
+    def has_films(svc):
+        entry = svc.core.table.get(a.identity.peer_id)
+        return entry is not None and "films" in entry.repo_names()
+
+    await wait_until(lambda: has_films(b) and has_films(c), what="the PEER_UPDATE")
+    await sleep(0.2)  # digest pings and their answers
+    assert calls == []
+    assert link.protocol.trafficStats.outgoingOctetsWireLevel > wire_before
+    assert link.protocol.trafficStats.incomingOctetsWireLevel >= in_before
+
+
+def test_prepared_frames_are_unmasked_for_inbound_and_freshly_masked_for_outbound():
+    from peernet.peer.links import prepare_frame
+
+    frame = bytes(range(200))
+    plain = prepare_frame(frame)
+    # FIN + binary opcode, no mask bit, 16-bit length 200, then the frame itself
+    assert plain.payloadHybi == b"\x82\x7e\x00\xc8" + frame and plain.payload_len == 200
+    masked = [prepare_frame(frame, masked=True).payloadHybi for _ in range(2)]
+    for wire in masked:
+        assert wire[:2] == b"\x82\xfe" and wire[2:4] == b"\x00\xc8"
+        key, body = wire[4:8], wire[8:]
+        assert bytes(b ^ key[i % 4] for i, b in enumerate(body)) == frame
+    assert masked[0][4:8] != masked[1][4:8]  # a fresh key per frame (2^-32 to collide)

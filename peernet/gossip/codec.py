@@ -2,23 +2,27 @@
 
 One WebSocket binary frame carries one message, a msgpack map::
 
-    {"v": 1, "type": <1..6>, "ttl": <0..32>, "body": <bytes>, "sig": <bytes or nil>}
+    {"v": 2, "type": <1..6>, "ttl": <0..32>, "body": <bytes>}
 
 ``body`` is itself a msgpack map, kept as the exact bytes received: the
-message id is ``sha256(body)[:16]``, and for the types signed by their origin
-(PEER_ANNOUNCEMENT, PEER_UPDATE) ``sig`` is Ed25519 over those bytes, so no
-relay can alter a message without changing its identity or breaking its
-signature.  ``ttl`` sits outside the body because every hop decrements it.
+message id is ``sha256(body)[:16]``, so no relay can alter a message without
+changing its identity.  ``ttl`` sits outside the body because every hop
+decrements it.
+
+No envelope carries a signature (protocol version 2; version 1 had an
+Ed25519 ``sig`` over the body of PEER_ANNOUNCEMENT and PEER_UPDATE).  What a
+push carries that matters, the origin's record, is self-signed (``rsig``,
+checked against the record's own public key), and that one signature is the
+check: docs/protocol.md ("One signature per push") says why nothing is lost.
 
 :func:`decode` checks everything that can be checked without state or time:
-size, structure, exact field sets and types, the TTL range of the type, and
-whether ``sig`` is present exactly when the type needs it.  Timestamps,
-deduplication and signatures are the GossipCore's job (in that order, cheapest
-first).  Every problem raises :class:`CodecError`; nothing else escapes.
+size, structure, exact field sets and types, the protocol version and the TTL
+range of the type.  Timestamps, deduplication and record signatures are the
+GossipCore's job (in that order, cheapest first).  Every problem raises
+:class:`CodecError`; nothing else escapes.
 """
 
 import enum
-import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -37,8 +41,9 @@ class MessageType(enum.IntEnum):
     PEER_UPDATE = 6
 
 
-#: Types whose envelope is signed by the origin named in the body's record.
-SIGNED_TYPES = frozenset({MessageType.PEER_ANNOUNCEMENT, MessageType.PEER_UPDATE})
+#: Types that carry their origin's self-signed record (``rec`` + ``rsig``),
+#: whose signature is the message's only one (there is no envelope signature).
+PUSH_TYPES = frozenset({MessageType.PEER_ANNOUNCEMENT, MessageType.PEER_UPDATE})
 #: Types relayed beyond one link (deduplicated by message id).
 RELAYED_TYPES = frozenset({
     MessageType.PEER_ANNOUNCEMENT, MessageType.PEER_UPDATE,
@@ -60,22 +65,18 @@ class CodecError(BadRequest):
     code = "malformed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Message:
-    """A decoded, structurally valid message."""
+    """A decoded, structurally valid message.  ``id`` is ``message_id(body_bytes)``,
+    computed once by :func:`decode` (asked twice per relayed message:
+    duplicate check, then add)."""
 
     type: MessageType
     ttl: int
     body: dict
     body_bytes: bytes
-    sig: "bytes | None"
+    id: bytes
     version: int = constants.PROTOCOL_VERSION
-
-    @functools.cached_property
-    def id(self):
-        # Asked twice per relayed message (duplicate check, then add):
-        # hash the body once.
-        return message_id(self.body_bytes)
 
 
 def message_id(body_bytes):
@@ -190,7 +191,7 @@ BODY_FIELDS = {
     },
 }
 
-_ENVELOPE_KEYS = frozenset({"v", "type", "ttl", "body", "sig"})
+_ENVELOPE_KEYS = frozenset({"v", "type", "ttl", "body"})
 
 
 def _unpack(data, what):
@@ -223,14 +224,15 @@ def decode(frame):
             code="oversized",
         )
     env = _unpack(bytes(frame), "frame")
-    if set(env) != _ENVELOPE_KEYS:
-        raise CodecError("the envelope must have exactly the fields v, type, ttl, body, sig")
-    if env["v"] != constants.PROTOCOL_VERSION or type(env["v"]) is not int:
-        raise CodecError(f"unsupported protocol version {env['v']!r}", code="bad_version")
-    try:
-        mtype = MessageType(env["type"]) if type(env["type"]) is int else None
-    except ValueError:
-        mtype = None
+    # The version first: a version-1 frame (which has a "sig" field) gets
+    # the clear answer, not a complaint about its fields.
+    version = env.get("v")
+    if version != constants.PROTOCOL_VERSION or type(version) is not int:
+        raise CodecError(f"unsupported protocol version {str(version)[:20]} "
+                         f"(this node speaks {constants.PROTOCOL_VERSION})", code="bad_version")
+    if env.keys() != _ENVELOPE_KEYS:
+        raise CodecError("the envelope must have exactly the fields v, type, ttl, body")
+    mtype = _TYPES.get(env["type"]) if type(env["type"]) is int else None
     if mtype is None:
         raise CodecError(f"unknown message type {str(env['type'])[:20]}", code="unknown_type")
     ttl = env["ttl"]
@@ -240,22 +242,21 @@ def decode(frame):
             f"(0-{constants.MAX_TTL_BY_TYPE[mtype]})",
             code="bad_ttl",
         )
-    body_bytes, sig = env["body"], env["sig"]
+    body_bytes = env["body"]
     if not isinstance(body_bytes, bytes):
         raise CodecError("body must be bytes")
-    if mtype in SIGNED_TYPES:
-        if _bin(SIGNATURE_BYTES)(sig):
-            raise CodecError(f"{mtype.name} needs a 64-byte signature", code="bad_signature")
-    elif sig is not None:
-        raise CodecError(f"{mtype.name} must not carry a signature")
     body = _unpack(body_bytes, "body")
     _check_body(mtype, body)
-    return Message(mtype, ttl, body, body_bytes, sig)
+    return Message(mtype, ttl, body, body_bytes, message_id(body_bytes))
+
+
+_TYPES = {int(t): t for t in MessageType}
+_FIELD_NAMES = {t: frozenset(fields) for t, fields in BODY_FIELDS.items()}
 
 
 def _check_body(mtype, body):
     fields = BODY_FIELDS[mtype]
-    unknown = set(body) - set(fields)
+    unknown = body.keys() - _FIELD_NAMES[mtype]
     if unknown:
         raise CodecError(f"{mtype.name} has unknown fields: {', '.join(sorted(map(str, unknown)))[:100]}")
     for name, (check, required) in fields.items():
@@ -283,11 +284,11 @@ def encode_body(mtype, body):
     return msgpack.packb(body, use_bin_type=True)
 
 
-def encode(mtype, ttl, body_bytes, sig=None):
+def encode(mtype, ttl, body_bytes):
     """A frame around already-encoded body bytes."""
     frame = msgpack.packb(
         {"v": constants.PROTOCOL_VERSION, "type": int(mtype), "ttl": ttl,
-         "body": body_bytes, "sig": sig},
+         "body": body_bytes},
         use_bin_type=True,
     )
     if len(frame) > constants.MAX_MESSAGE_BYTES:
@@ -297,4 +298,4 @@ def encode(mtype, ttl, body_bytes, sig=None):
 
 def relay(message, ttl):
     """The frame for forwarding ``message`` with a new TTL (body untouched)."""
-    return encode(message.type, ttl, message.body_bytes, message.sig)
+    return encode(message.type, ttl, message.body_bytes)

@@ -8,9 +8,12 @@ network and the simulator all drive this same object.
 Rules (docs/protocol.md has the full text):
 
 * Checks run cheapest first: codec (size, structure, TTL range, fields),
-  timestamp window, duplicate filter, then signatures, verified once per
-  unique message.  A message id enters the duplicate filter only after its
-  signature verified, so a forged copy cannot shadow the genuine one.
+  timestamp window, duplicate filter, then record signatures, verified once
+  per unique record.  A push (PEER_ANNOUNCEMENT / PEER_UPDATE) has one
+  signature, its record's own (``rsig``; protocol version 2 dropped the
+  envelope signature): its message id enters the duplicate filter only after
+  that record verified (or was found already verified in the table), so a
+  forged copy cannot shadow the genuine one.
 * PEER_ANNOUNCEMENT / PEER_UPDATE: applied to the table; if they changed it,
   forwarded (TTL - 1) to the links not known to have it: all of them in the
   early hops (flood phase), then only the eager links (``_relay_targets``).
@@ -47,7 +50,6 @@ from peernet.errors import PeernetError
 from peernet.gossip import codec
 from peernet.gossip.codec import MessageType
 from peernet.gossip.table import PeerTable, entry_from_wire, record_hash
-from peernet.identity import verify
 from peernet.records import b64decode, b64encode, canonical_json, make_record
 
 #: A sync request is asked back only if we started none on that link this recently.
@@ -296,7 +298,9 @@ class GossipCore:
             "id": self._random_id(), "ts": self.now_ms(),
             "rec": entry.record_bytes, "rsig": entry.signature,
         })
-        frame = codec.encode(mtype, ttl, body, self.identity.sign(body))
+        # No envelope signature: the record in the body is signed already
+        # (entry.signature, by make_record), and that is the one check.
+        frame = codec.encode(mtype, ttl, body)
         self.dedup.add(codec.message_id(body))
         actions = []
         for link in self._publish_targets():
@@ -365,14 +369,16 @@ class GossipCore:
         link = self.links.get(link_id)
         if link is None:
             return []
-        link.last_heard = self.now()
-        self.stats.received += 1
+        now = link.last_heard = self.now()
+        stats = self.stats
+        stats.received += 1
         try:
             msg = codec.decode(frame)
-            self.stats.by_type_in[msg.type] = self.stats.by_type_in.get(msg.type, 0) + 1
+            by_type = stats.by_type_in
+            by_type[msg.type] = by_type.get(msg.type, 0) + 1
             if not link.hello_received and msg.type is not MessageType.HELLO:
                 raise PeernetError("the first message on a link must be HELLO", code="no_hello")
-            skew = msg.body["ts"] / 1000.0 - self.now()
+            skew = msg.body["ts"] / 1000.0 - now
             if abs(skew) > constants.CLOCK_SKEW_SECONDS:
                 raise PeernetError(
                     f"its timestamp is {skew:+.0f} s off this node's clock, outside the "
@@ -413,8 +419,15 @@ class GossipCore:
         return actions
 
     def _handle_push(self, link, msg):
+        # The record's self-signature is the push's only signature.  _entry
+        # verifies it, or finds this exact record (bytes and signature)
+        # already verified in the table; either way the record is genuine,
+        # and only then does the id enter the duplicate filter.  Whoever
+        # wrapped it (origin or a relay re-stamping id/ts) cannot change what
+        # it does: a record no newer than ours changes nothing (no relay,
+        # counted as a duplicate below), a newer one is genuine news, and its
+        # issued_at bounds its life whatever the envelope says.
         entry = self._entry(msg.body["rec"], msg.body["rsig"])
-        verify(b64decode(entry.record["public_key"], "public_key"), msg.sig, msg.body_bytes)
         self.dedup.add(msg.id)
         link.mark_known(entry.hash)
         actions = self._apply(entry, source=link, push=(msg, link))

@@ -27,6 +27,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -98,6 +99,21 @@ class GossipLink:
         if self.opened and not self.closing and self.protocol is not None:
             self.protocol.sendMessage(frame, isBinary=True)
 
+    def send_prepared(self, prepared):
+        """Send a frame made by :func:`prepare_frame`: unmasked (framed once
+        for any number of inbound links: a relay), or, on an outbound link,
+        masked for this link alone.  As :meth:`send`, a closing link sends
+        nothing."""
+        protocol = self.protocol
+        if (self.opened and not self.closing and protocol is not None
+                and protocol.state == WebSocketProtocol.STATE_OPEN):
+            # The counters sendMessage keeps (sendPreparedMessage does not).
+            stats = protocol.trafficStats
+            stats.outgoingWebSocketMessages += 1
+            stats.outgoingOctetsAppLevel += prepared.payload_len
+            stats.outgoingOctetsWebSocketLevel += prepared.payload_len
+            protocol.sendPreparedMessage(prepared)
+
     def close(self, code=CLOSE_NORMAL, reason=""):
         """Start the closing handshake (the protocol drops after a timeout)."""
         if self.lost:
@@ -122,6 +138,19 @@ class GossipLink:
             # Twisted's TLS transport raises this once it has already been
             # torn down; the connection is gone either way.
             pass
+
+
+def prepare_frame(frame, masked=False):
+    """``frame`` framed as a binary WebSocket message (no compression: gossip
+    links never negotiate it) for :meth:`GossipLink.send_prepared`.
+
+    Unmasked (the server side of a link, an inbound one), one prepared frame
+    can go to any number of links.  A client must mask each frame with a
+    fresh key (RFC 6455 5.3): ``masked=True`` draws one (as Autobahn's
+    sendMessage does), so such a frame is for one outbound link, once."""
+    prepared = PreparedMessage(frame, True, masked, True)
+    prepared.payload_len = len(frame)
+    return prepared
 
 
 def _set_options(factory, server):
@@ -151,6 +180,29 @@ class _GossipProtocolMixin:
     log = _autobahn_log
     link = None
     _reported_lost = False
+
+    # Autobahn's Twisted adapter builds the arguments of a debug log line
+    # (``hltype``/``hlval``: inspect + click.style, ~7 us) on every
+    # dataReceived and every sendData, even with its logger held at "error".
+    # These two overrides are the same code minus that line; everything else
+    # (state, traffic counters, octet logging, the send queue) is Autobahn's.
+    # tests/test_peer_transport.py checks them against Autobahn's own.
+
+    def dataReceived(self, data):
+        self._dataReceived(data)
+
+    def sendData(self, data, sync=False, chopsize=None):
+        if sync or chopsize or self.send_queue:
+            # The queued and chopped paths: Autobahn's, unchanged.
+            return super().sendData(data, sync, chopsize)
+        self.transport.write(data)
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif self.state in (WebSocketProtocol.STATE_CONNECTING,
+                            WebSocketProtocol.STATE_PROXY_CONNECTING):
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+        if self.logOctets:
+            self.logTxOctets(data, False)
 
     # An exception escaping into Twisted would be logged with the
     # connection's log prefix, which for a server connection holds the
@@ -195,7 +247,8 @@ class _GossipProtocolMixin:
 
 
 class GossipServerProtocol(_GossipProtocolMixin, WebSocketServerProtocol):
-    """Accepts ``wss://.../gossip`` with subprotocol ``peernet.1`` only."""
+    """Accepts ``wss://.../gossip`` with subprotocol ``peernet.2`` only
+    (constants.WEBSOCKET_SUBPROTOCOL)."""
 
     _counted = False
 
@@ -225,9 +278,7 @@ class GossipServerProtocol(_GossipProtocolMixin, WebSocketServerProtocol):
         if request.path != constants.GOSSIP_PATH:
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "unknown path")
         if constants.WEBSOCKET_SUBPROTOCOL not in request.protocols:
-            raise ConnectionDeny(
-                ConnectionDeny.BAD_REQUEST,
-                f"subprotocol {constants.WEBSOCKET_SUBPROTOCOL} required")
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, _subprotocol_refusal(request.protocols))
         tls_peer_id = peer_id_of_transport(self.transport)
         if tls_peer_id is None:  # pragma: no cover - MutualTLS requires a certificate
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "no client certificate")
@@ -241,11 +292,33 @@ class GossipServerProtocol(_GossipProtocolMixin, WebSocketServerProtocol):
         return constants.WEBSOCKET_SUBPROTOCOL
 
 
+def _subprotocol_refusal(offered):
+    """The HTTP 400 reason for a handshake without our subprotocol: a peer
+    running an older (or newer) peernet learns which version this one speaks."""
+    others = [p for p in offered if isinstance(p, str) and p.startswith("peernet.")][:3]
+    reason = (f"subprotocol {constants.WEBSOCKET_SUBPROTOCOL} required (gossip protocol "
+              f"version {constants.PROTOCOL_VERSION})")
+    if others:
+        reason += f"; this peer does not speak {', '.join(p[:16] for p in others)}: upgrade peernet"
+        log.info("refused an inbound gossip link that speaks {offered} (this node speaks {ours})",
+                 offered=", ".join(p[:16] for p in others), ours=constants.WEBSOCKET_SUBPROTOCOL)
+    return reason
+
+
 class GossipClientProtocol(_GossipProtocolMixin, WebSocketClientProtocol):
     def onConnect(self, response):
         if response.protocol != constants.WEBSOCKET_SUBPROTOCOL:
             # Raising makes Autobahn fail the connection; link_lost follows.
             raise ValueError(f"the server did not select {constants.WEBSOCKET_SUBPROTOCOL}")
+
+    def failHandshake(self, reason):
+        # Autobahn logs this at "info" on its own logger (held at "error"):
+        # say it on ours, so an operator sees e.g. that the dialled peer
+        # runs another protocol version.  The dialled peer is a broadcasting
+        # one (public address); the line names the link id only anyway.
+        log.info("gossip link {link_id}: the WebSocket handshake failed: {reason}",
+                 link_id=getattr(self.link, "id", None), reason=str(reason)[:300])
+        super().failHandshake(reason)
 
 
 class GossipServerFactory(WebSocketServerFactory):

@@ -65,6 +65,7 @@ from peernet.peer.links import (
     CLOSE_HANDSHAKE_TIMEOUT,
     GossipClientFactory,
     GossipLink,
+    prepare_frame,
     tls_server_factory,
 )
 from peernet.records import b64decode, b64encode, canonical_json
@@ -404,7 +405,10 @@ class GossipService(service.Service):
         self._listeners.remove(listener)
 
     def _emit(self, change):
-        log.debug("table {kind} {peer_id}", kind=change.kind, peer_id=change.peer_id)
+        # No debug line per change: a Twisted Logger builds and publishes the
+        # event even when the level filter drops it (~5-20 us, once per
+        # relayed message).  Table changes are on the control API's event
+        # stream (/api/events) for whoever wants to watch them.
         for listener in list(self._listeners):
             try:
                 listener(change)
@@ -547,14 +551,24 @@ class GossipService(service.Service):
     # -- carrying out actions ----------------------------------------------------------
 
     def _execute(self, actions):
+        # A relay is one frame (the same bytes object) sent to several links:
+        # framed once for all the inbound ones (Autobahn's prepared message);
+        # an outbound link masks each frame with a fresh key of its own.
+        framed = prepared = None
         for action in actions:
             if isinstance(action, Send):
                 link = self._links.get(action.link)
                 if link is not None:
+                    frame = action.frame
                     if self.on_frame is not None:
-                        self.on_frame("out", action.frame)
+                        self.on_frame("out", frame)
                     try:
-                        link.send(action.frame)
+                        if link.outbound:
+                            link.send_prepared(prepare_frame(frame, masked=True))
+                        else:
+                            if framed is not frame:
+                                framed, prepared = frame, prepare_frame(frame)
+                            link.send_prepared(prepared)
                     except Exception:
                         log.failure("sending on gossip link {link_id} failed", link_id=link.id)
                         self._close(link, CLOSE_NORMAL, "send failed")
@@ -570,7 +584,9 @@ class GossipService(service.Service):
                     self.core.link_closed(action.link)
             elif isinstance(action, TableChange):
                 self._emit(action)
-                if action.kind in ("added", "updated"):
+                if action.kind in ("added", "updated") and self._outbound_wanted():
+                    # A new record may be a peer to dial; with all the
+                    # outbound links we want, _maintain would return at once.
                     self._schedule_maintain(0)
                 elif action.kind == "removed":
                     self.planner.forget(action.peer_id)
@@ -850,14 +866,20 @@ class GossipService(service.Service):
             call.cancel()
         self._maintain_call = self.reactor.callLater(max(delay, 0.0), self._maintain)
 
+    def _outbound_wanted(self):
+        """How many more outbound links the connection manager wants (0: none)."""
+        have = 0
+        for l in self._links.values():
+            if l.outbound and not l.lost and not l.closing:
+                have += 1
+        return max(0, self.target_links - have)
+
     def _maintain(self):
         self._maintain_call = None
         if not self.running or self._switching:
             return
-        outbound = [l for l in self._links.values()
-                    if l.outbound and not l.lost and not l.closing]
-        wanted = self.target_links - len(outbound)
-        if wanted <= 0:
+        wanted = self._outbound_wanted()
+        if not wanted:
             return
         linked = {l.peer_id for l in self._links.values() if not l.lost}
         ready, waiting = [], []

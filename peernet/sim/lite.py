@@ -160,13 +160,11 @@ def frame_sizes():
     rec, rsig = canonical_json(signed["record"]), b64decode(signed["signature"], "signature")
     T = MessageType
 
-    def size(mtype, ttl, fields, sig=None):
+    def size(mtype, ttl, fields):
         body = codec.encode_body(mtype, dict({"id": bytes(16), "ts": ts}, **fields))
-        if sig:
-            sig = ident.sign(body)
-        return len(codec.encode(mtype, ttl, body, sig)) + FRAME_OVERHEAD_BYTES
+        return len(codec.encode(mtype, ttl, body)) + FRAME_OVERHEAD_BYTES
 
-    push = size(T.PEER_UPDATE, 32, {"rec": rec, "rsig": rsig}, sig=True)
+    push = size(T.PEER_UPDATE, 32, {"rec": rec, "rsig": rsig})
     hb = size(T.HEARTBEAT, 2, {"digest": bytes(16), "n": 100000, "load": 0})
     # a digest ping naming one change: [peer_id, version, issued_at]
     ping = size(T.HEARTBEAT, 2, {"digest": bytes(16), "n": 100000, "load": 0,

@@ -77,17 +77,16 @@ class Attacker:
         return self.core.link_opened("target", True, None)[0].frame
 
     def push(self, rec=None, rsig=None, *, mtype=T.PEER_ANNOUNCEMENT, ttl=constants.TTL_ANNOUNCEMENT,
-             ts=None, sig=None, signer=None):
-        """A push frame; by default the attacker's own record, signed correctly."""
+             ts=None):
+        """A push frame; by default the attacker's own record, signed correctly.
+        (Protocol version 2: the record's signature ``rsig`` is the only one.)"""
         body = msgpack.packb({
             "id": os.urandom(codec.ID_BYTES), "ts": now_ms() if ts is None else ts,
             "rec": self.entry.record_bytes if rec is None else rec,
             "rsig": self.entry.signature if rsig is None else rsig,
         }, use_bin_type=True)
-        if sig is None:
-            sig = (signer or self.identity).sign(body)
         return msgpack.packb({"v": constants.PROTOCOL_VERSION, "type": int(mtype), "ttl": ttl,
-                              "body": body, "sig": sig}, use_bin_type=True)
+                              "body": body}, use_bin_type=True)
 
     def forged_hello(self, victim, victim_key=None):
         """A broadcasting HELLO whose record names ``victim`` (signed by us)."""
@@ -116,10 +115,12 @@ class Attacker:
 
 
 def attack_forged_signature(a, opts):
-    # Valid structure, signature of zeros / random bytes / over another body.
-    return [a.push(sig=bytes(64)), a.push(sig=os.urandom(64)),
-            a.push(signer=NodeIdentity.generate()), a.push(sig=bytes(64), mtype=T.PEER_UPDATE),
-            a.push(sig=os.urandom(64), mtype=T.PEER_UPDATE), a.push(sig=bytes(64))]
+    # Valid structure; the record's signature (a push's only one) is zeros,
+    # random bytes, or a real signature by another key.
+    other = NodeIdentity.generate().sign(a.entry.record_bytes)
+    return [a.push(rsig=bytes(64)), a.push(rsig=os.urandom(64)),
+            a.push(rsig=other), a.push(rsig=bytes(64), mtype=T.PEER_UPDATE),
+            a.push(rsig=os.urandom(64), mtype=T.PEER_UPDATE), a.push(rsig=other, mtype=T.PEER_UPDATE)]
 
 
 def attack_other_peer_id(a, opts):
@@ -152,8 +153,8 @@ def attack_unknown_type(a, opts):
     for mtype in (0, 7, 8, 99, 255, 7):
         body = codec.encode_body(T.HEARTBEAT, {"id": os.urandom(16), "ts": now_ms(),
                                                "digest": bytes(16), "n": 0, "load": 0})
-        frames.append(msgpack.packb({"v": 1, "type": mtype, "ttl": 0, "body": body,
-                                     "sig": None}, use_bin_type=True))
+        frames.append(msgpack.packb({"v": constants.PROTOCOL_VERSION, "type": mtype, "ttl": 0,
+                                     "body": body}, use_bin_type=True))
     return frames
 
 
@@ -166,8 +167,8 @@ def attack_oversized(a, opts):
     # One frame just over the 64 KiB limit (a valid msgpack map with a big body).
     body = msgpack.packb({"id": os.urandom(16), "ts": now_ms(), "rec": b"x" * 70_000,
                           "rsig": bytes(64)}, use_bin_type=True)
-    frame = msgpack.packb({"v": 1, "type": int(T.PEER_ANNOUNCEMENT), "ttl": 1,
-                           "body": body, "sig": bytes(64)}, use_bin_type=True)
+    frame = msgpack.packb({"v": constants.PROTOCOL_VERSION, "type": int(T.PEER_ANNOUNCEMENT),
+                           "ttl": 1, "body": body}, use_bin_type=True)
     assert len(frame) > constants.MAX_MESSAGE_BYTES
     return [frame]
 

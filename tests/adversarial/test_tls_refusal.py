@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 UPGRADE = (
     "GET /gossip HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
     "Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-    "Sec-WebSocket-Protocol: peernet.1\r\n\r\n"
+    "Sec-WebSocket-Protocol: peernet.2\r\n\r\n"
 )
 
 

@@ -83,7 +83,7 @@ def _push_from(hub, source, ttl):
     own = origin.own
     body = codec.encode_body(T.PEER_UPDATE, {"id": bytes(range(16)), "ts": int(hub.clock.seconds() * 1000),
                                              "rec": own.record_bytes, "rsig": own.signature})
-    frame = codec.encode(T.PEER_UPDATE, ttl, body, origin.identity.sign(body))
+    frame = codec.encode(T.PEER_UPDATE, ttl, body)  # the record is the signed part
     return hub.me.receive(source, frame)
 
 

@@ -51,6 +51,12 @@ expected size of the watched record's bucket, none assumed known on the
 link), bloom false positives, and per-link ordering under
 non-fixed latency is kept FIFO as TCP does.
 
+Record refreshes (same version, newer ``issued_at``) change no digest
+(digests hash record identities), so a refresh is a push and nothing else:
+``Variant.refresh()``; ``peernet.sim.experiments.idle_model`` turns its cost
+into idle bytes per link at the refresh interval an owner picks at N
+(``peernet.gossip.table.refresh_interval_for``).
+
 The same engine also runs the comparison protocols on the same network
 model: push alone (no digest pings, optional 30 s anti-entropy), a
 memberlist/Serf-style gossip and a GossipSub-style mesh (see ``Variant``).
@@ -115,6 +121,15 @@ class Variant:
     @classmethod
     def push_only(cls, heartbeats=False, **kw):
         return cls("push", pings=False, heartbeats=heartbeats, **kw)
+
+    @classmethod
+    def refresh(cls, **kw):
+        """A record refresh (same version, newer ``issued_at``): digests hold
+        record identities, so a refresh changes none and starts no digest
+        ping, no ask and no bucket sync; it spreads as a PEER_ANNOUNCEMENT
+        (TTL 32) by push alone, and the peers the push misses keep their older
+        copy (same digest).  Heartbeats are counted apart (idle model)."""
+        return cls("push", pings=False, heartbeats=False, ttl=constants.TTL_ANNOUNCEMENT, **kw)
 
     @classmethod
     def memberlist(cls, **kw):

@@ -293,7 +293,7 @@ def main(argv=None):
           + f" | {'PASS' if ok else 'FAIL'} at every N; the price is a crashed peer's record "
           "lingering one lifetime: "
           + ", ".join(f"{m['model']['lifetime_s'] / 3600:.1f} h" if m['model']['lifetime_s'] < 2 * 86400
-                      else f"{m['model']['lifetime_s'] / 86400:.0f} days" for m in model_rows)
+                      else f"{m['model']['lifetime_s'] / 86400:.1f} days" for m in model_rows)
           + " (docs/protocol.md, 'Refreshes and idle traffic') |")
     if cmp_:
         rows = {r["kind"] + str(r["variant"]): r for r in cmp_["runs"] if r["n"] == max(x["n"] for x in cmp_["runs"])}
@@ -434,8 +434,7 @@ def main(argv=None):
               f"{fb(m['before_idle'] * 2 / m['links'])}/s |")
         w("")
     if bw and bw.get("refresh"):
-        old = {round(r["refresh_rate_per_s"], 2): r
-               for r in ((bw.get("before_identity_digests") or {}).get("refresh") or [])}
+        old = (bw.get("before_identity_digests") or {}).get("refresh") or []
         w("Real cores under refresh load (`.venv/bin/python benchmarks/sim.py bandwidth`): converged "
           "tables, 50 ms links, random heartbeat phases, records refreshed as `GossipCore.tick` does "
           "(same version, new `issued_at` and lifetime, PEER_ANNOUNCEMENT) at Poisson times. Every "
@@ -443,17 +442,19 @@ def main(argv=None):
           "0.2 per second at every N from 360 peers up (first row). The other rows run the rates the "
           "old fixed 30-min interval gave 10 000 and 100 000 peers, to show what identity digests "
           "alone do to overlapping refreshes. Bytes include heartbeats. 'Latest copy' = share of "
-          "(holder, record) pairs holding the owner's newest refresh at the end (push alone; the rest "
-          "hold an older copy of the same version).\n")
-        w("| run | peers | refreshes / s | B/s per peer | B/s per link | before (B/s per link) | "
+          "(holder, refreshed record) pairs holding the owner's newest refresh at the end (push alone; "
+          "the rest hold an older copy of the same version).\n")
+        w("| run | peers | refreshes / s | B/s per peer | B/s per link | before: old core, same run at "
+          "its 30-min rate (B/s per link) | "
           "pings (`recent`) B/s per peer | bucket syncs answered / peer / s | latest copy | penalties |")
         w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in bw["refresh"]:
+        for i, r in enumerate(bw["refresh"]):
             k = r["bytes_by_kind_per_peer_per_s"]
-            o = old.get(round(r["refresh_rate_per_s"], 2))
-            w(f"| {r.get('label', '-')} | {r['n']:,} | {r['refresh_rate_per_s']:.2f} | "
+            o = old[i] if i < len(old) and old[i]["n"] == r["n"] else None
+            w(f"| {r.get('label', '-')} | {r['n']:,} | {r['refreshes'] / r['duration_s']:.2f} "
+              f"({r['refreshes']} in {r['duration_s']:.0f} s; rate {r['refresh_rate_per_s']:.2f}) | "
               f"{fb(r['bytes_per_peer_per_s'])}/s | {fb(r['bytes_per_link_per_s'])}/s | "
-              f"{fb(o['bytes_per_link_per_s']) + '/s' if o else '-'} | "
+              f"{fb(o['bytes_per_link_per_s']) + '/s (' + format(o['refresh_rate_per_s'], '.2f') + ' / s)' if o else '-'} | "
               f"{fb(k.get('HEARTBEAT recent', 0))}/s | {r['sync_answers_per_peer_per_s']:.4f} | "
               f"{100 * r.get('latest_copy_share', float('nan')):.1f} % | {r['penalties']} |")
         w("")

@@ -332,3 +332,28 @@ def test_a_tombstone_still_spreads_with_digest_pings():
     for n in nodes[1:]:
         assert n.core.table.get(pid).is_tombstone
     assert len({n.core.table.digest() for n in nodes}) == 1
+
+
+def test_an_idle_network_over_two_refresh_rounds_sends_heartbeats_and_pushes_only():
+    clock = clock_at()
+    net = WatchedNetwork(clock, seed=4, latency=0.01)
+    nodes = [net.add_node() for _ in range(10)]
+    net.random_graph(3)
+    run(clock, 60, step=0.05)
+    assert all(len(n.core.table) == len(nodes) for n in nodes)
+    first = {n.index: n.core.own for n in nodes}
+    t0 = clock.seconds()
+    run(clock, 2 * constants.RECORD_REFRESH_INTERVAL + 10, step=0.05)
+    types = {m.type for m in net.since(t0)}
+    assert types == {T.HEARTBEAT, T.PEER_ANNOUNCEMENT}, types
+    assert not any(is_ping(m) for m in net.since(t0))
+    # Every owner refreshed twice (tick), and every table holds every record
+    # at its latest issue or an older issue of the same version.
+    for n in nodes:
+        assert n.core.own.record["version"] == first[n.index].record["version"]
+        assert n.core.own.record["issued_at"] >= first[n.index].record["issued_at"] + 2 * 1800 * 1000
+        for other in nodes:
+            e = n.core.table.get(other.core.identity.peer_id)
+            assert e is not None and e.record["version"] == other.core.own.record["version"]
+    assert len({n.core.table.digest() for n in nodes}) == 1
+    assert not any(n.penalties for n in nodes)

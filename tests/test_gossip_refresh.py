@@ -18,7 +18,7 @@ from peernet import constants
 from peernet.errors import BadRequest
 from peernet.gossip import codec
 from peernet.gossip.codec import MessageType as T
-from peernet.gossip.core import GossipCore
+from peernet.gossip.core import GossipCore, Send
 from peernet.gossip.memnet import MemoryNetwork
 from peernet.gossip.table import (PeerTable, entry_from_wire, lifetime_for, record_lifetime,
                                   refresh_interval_for)
@@ -357,3 +357,53 @@ def test_an_idle_network_over_two_refresh_rounds_sends_heartbeats_and_pushes_onl
             assert e is not None and e.record["version"] == other.core.own.record["version"]
     assert len({n.core.table.digest() for n in nodes}) == 1
     assert not any(n.penalties for n in nodes)
+
+
+def test_a_copy_refused_as_expired_is_not_sent_again_and_the_digests_settle():
+    """b's clock is 20 s behind a's.  A record lapses at a first: its digest
+    differs, it syncs, b (for which the record is still live) answers with
+    it, a refuses it as expired.  b marks it known on the link and does not
+    send it again; 20 s later it lapses at b too and the digests agree."""
+    skew = 20.0
+    ca, cb = clock_at(), clock_at(START - skew)
+    a = GossipCore(NodeIdentity.generate(), ca, random.Random(1), broadcasting=True, addresses=ADDR)
+    b = GossipCore(NodeIdentity.generate(), cb, random.Random(2), broadcasting=True, addresses=ADDR)
+    owner = NodeIdentity.generate()
+    rec = entry(owner, START)
+    assert a.table.offer(rec, ca.seconds()) and b.table.offer(rec, cb.seconds())
+    expired_at_a = rec.expires_at
+    cores = {"a": (a, "ab"), "b": (b, "ba")}  # name -> (core, its link id)
+    sent_rec = []
+
+    def pump(name, actions):
+        queue = [(name, actions)]
+        while queue:
+            src, acts = queue.pop(0)
+            dst = "b" if src == "a" else "a"
+            for act in acts:
+                if isinstance(act, Send):
+                    msg = codec.decode(act.frame)
+                    if src == "b" and msg.type is T.PEER_LIST_RESPONSE:
+                        sent_rec.extend(r for r, _ in msg.body["recs"] if r == rec.record_bytes)
+                    core, link = cores[dst]
+                    queue.append((dst, core.receive(link, act.frame)))
+
+    # Open the link 10 s in, so a heartbeat falls inside the 20 s when the
+    # record has lapsed at a but not yet at b.
+    ca.advance(10)
+    cb.advance(10)
+    hello_a = a.link_opened("ab", True, b.identity.peer_id)
+    hello_b = b.link_opened("ba", False, a.identity.peer_id)
+    pump("a", hello_a)
+    pump("b", hello_b)
+    assert a.table.digest() == b.table.digest()
+    # Tick both (their own records refresh every 30 min: pushes, no syncs).
+    while ca.seconds() < expired_at_a + 2 * constants.HEARTBEAT_INTERVAL + 1:
+        ca.advance(0.5)
+        cb.advance(0.5)
+        pump("a", a.tick())
+        pump("b", b.tick())
+    assert owner.peer_id not in a.table and owner.peer_id not in b.table
+    # b offered it back exactly once (a refused it as expired), not in a loop.
+    assert len(sent_rec) == 1
+    assert a.table.digest() == b.table.digest()

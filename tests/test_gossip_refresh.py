@@ -407,3 +407,16 @@ def test_a_copy_refused_as_expired_is_not_sent_again_and_the_digests_settle():
     # b offered it back exactly once (a refused it as expired), not in a loop.
     assert len(sent_rec) == 1
     assert a.table.digest() == b.table.digest()
+
+
+def test_an_owner_counts_refreshing_peers_not_crashed_ones():
+    table = PeerTable()
+    now = START + 3 * 3600
+    live = [entry(NodeIdentity.generate(), now - 600) for _ in range(5)]
+    # records past half their lifetime: their owners stopped refreshing
+    stale = [entry(NodeIdentity.generate(), now - constants.RECORD_LIFETIME / 2 - 1) for _ in range(3)]
+    long_ = entry(NodeIdentity.generate(), now - 86400, lifetime=4 * 86400)  # 1 of 4 days: counts
+    tomb = entry(NodeIdentity.generate(), now - 60, version=2, broadcasting=False)
+    for e in live + stale + [long_, tomb]:
+        assert table.offer(e, now)
+    assert table.refreshing_peers(now) == 6

@@ -257,7 +257,7 @@ class GossipCore:
         # size (docs/protocol.md, "Records").  A tombstone lives at least as
         # long as the record it replaces, so no lingering copy of that record
         # can come back through anti-entropy once the tombstone has lapsed.
-        lifetime = lifetime_for(len(self.table.live_broadcasting()))
+        lifetime = lifetime_for(self.table.refreshing_peers(self.now()))
         if not broadcasting and self.own is not None:
             lifetime = max(lifetime, int(self.own.lifetime))
         signed = make_record(

@@ -124,7 +124,8 @@ def record_lifetime(record):
 
 def refresh_interval_for(peers):
     """Seconds between an owner's refreshes when its table holds ``peers``
-    live broadcasting records: ``peers`` x REFRESH_SECONDS_PER_PEER, at least
+    refreshing peers' records (:meth:`PeerTable.refreshing_peers`):
+    ``peers`` x REFRESH_SECONDS_PER_PEER, at least
     RECORD_REFRESH_INTERVAL, at most MAX_RECORD_LIFETIME / LIFETIME_REFRESHES.
     Every peer then sees at most 1 / REFRESH_SECONDS_PER_PEER refreshes per
     second network-wide, whatever the network's size."""
@@ -224,6 +225,17 @@ class PeerTable:
 
     def in_buckets(self, buckets):
         return [e for e in self._entries.values() if e.bucket in buckets]
+
+    def refreshing_peers(self, now):
+        """Live broadcasting records issued within the last half of their
+        lifetime (two of their owner's refresh intervals): the peers that
+        are refreshing, which an owner counts to pick its own interval
+        (:func:`refresh_interval_for`).  A crashed peer's record stops
+        counting halfway through its lifetime, so the records of crashed
+        peers weigh less on everyone's interval (they would otherwise
+        lengthen it, and with it their own lingering)."""
+        return sum(1 for e in self._entries.values()
+                   if not e.is_tombstone and now - e.record["issued_at"] / 1000.0 <= e.lifetime / 2)
 
     def live_broadcasting(self):
         return [e for e in self._entries.values() if not e.is_tombstone]

@@ -420,3 +420,18 @@ def test_an_owner_counts_refreshing_peers_not_crashed_ones():
     for e in live + stale + [long_, tomb]:
         assert table.offer(e, now)
     assert table.refreshing_peers(now) == 6
+
+
+def test_a_pushed_record_with_an_out_of_range_lifetime_is_refused_with_a_penalty():
+    clock = clock_at()
+    net, (a, b) = line(2, clock)
+    link_id = next(iter(b.links))
+    owner = NodeIdentity.generate()
+    for bad in (60, constants.MAX_RECORD_LIFETIME + 1):
+        s = signed(owner, clock.seconds(), lifetime=bad)
+        body = codec.encode_body(T.PEER_ANNOUNCEMENT, {
+            "id": bytes(15) + bytes([bad % 256]), "ts": int(clock.seconds() * 1000),
+            "rec": canonical_json(s["record"]), "rsig": b64decode(s["signature"], "signature")})
+        acts = b.core.receive(link_id, codec.encode(T.PEER_ANNOUNCEMENT, 5, body, owner.sign(body)))
+        assert [type(x).__name__ for x in acts] == ["Penalty"] and acts[0].code == "invalid_body"
+        assert owner.peer_id not in b.core.table

@@ -126,51 +126,29 @@ def fig_compare(cmp_, n):
     return save(fig, f"sim-compare-{n}.png")
 
 
-def _scaled(run, n_eq):
-    """A real-core refresh-load run (small N, so ~1 record per bucket) with
-    its bucket syncs re-sized to ``n_eq`` peers' buckets: each differing
-    bucket carries n_eq/256 records (none known on the link), each sync
-    request 256 bucket hashes.  Everything else is kept as measured."""
-    from peernet import constants
-    from peernet.sim.lite import frame_sizes
-    sz = frame_sizes()
-    kinds = run["bytes_by_kind_per_peer_per_s"]
-    answers = run["sync_answers_per_peer_per_s"]
-    recs = run["differing_buckets_per_answer"] * n_eq / constants.DIGEST_BUCKETS
-    frames = max(1.0, recs / constants.MAX_RECORDS_PER_RESPONSE)
-    resp = answers * (sz["resp_base"] * frames + sz["resp_per_record"] * recs)
-    sreq = run["frames_by_kind_per_peer_per_s"].get("PEER_REQUEST sync", 0) * (
-        sz["sync_req_base"] + sz["sync_req_per_bucket"] * constants.DIGEST_BUCKETS)
-    rest = run["bytes_per_peer_per_s"] - kinds.get("PEER_LIST_RESPONSE ttl0", 0) - kinds.get(
-        "PEER_REQUEST sync", 0)
-    per_peer = rest + resp + sreq
-    return {"per_peer": per_peer, "per_link": per_peer * 2 / run["links_per_peer"],
-            "sync": resp + sreq}
-
-
 def fig_bandwidth(model_rows, bw):
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     labels = [f"N={r['n']:,}" for r in model_rows]
     x = list(range(len(labels)))
-    ax.bar([i - 0.27 for i in x], [r["hb"] for r in model_rows], width=0.27, label="heartbeats only")
-    ax.bar(x, [r["idle"] for r in model_rows], width=0.27,
-           label="+ 30-min refreshes, one spread at a time (lite)")
-    ax.bar([i + 0.27 for i in x], [r["before_idle"] or 0 for r in model_rows], width=0.27,
-           label="same, before pings named changes", color="lightgray")
-    for run in (bw or {}).get("refresh", []):
-        n_eq = round(run["refresh_rate_per_s"] * RECORD_REFRESH_INTERVAL)
-        i = next((k for k, r in enumerate(model_rows) if r["n"] == n_eq), None)
-        if i is not None:
-            ax.plot([i], [_scaled(run, n_eq)["per_peer"]], "rv", ms=9,
-                    label="real cores at this N's refresh rate, buckets scaled" if i == len(model_rows) - 1 else None)
-    ax.axhline(100 * 16 / 2, color="orange", ls=":", label="target: 100 B/s per link (x 16 links / 2)")
+    per_link = lambda v, r: v * 2 / r["links"] if v is not None else 0  # noqa: E731
+    ax.bar([i - 0.27 for i in x], [per_link(r["hb"], r) for r in model_rows], width=0.27,
+           label="heartbeats only")
+    ax.bar(x, [r["idle_link"] or 0 for r in model_rows], width=0.27,
+           label="+ refreshes now (push only, interval max(30 min, N x 5 s))")
+    ax.bar([i + 0.27 for i in x], [per_link(r["before_idle"], r) for r in model_rows], width=0.27,
+           label="before: 30-min refreshes spread like updates", color="lightgray")
+    now = [r for r in (bw or {}).get("refresh", []) if r.get("label", "").startswith("now")]
+    if now:
+        ax.axhline(now[0]["bytes_per_link_per_s"], color="red", ls="--", lw=1,
+                   label=f"real cores, {now[0]['n']} peers at the refresh rate of any N >= 360")
+    ax.axhline(100, color="orange", ls=":", label="target: 100 B/s per link")
     ax.set_xticks(x)
     ax.set_xticklabels(labels)
     ax.set_yscale("log")
-    ax.set_ylabel("bytes sent per peer per second")
+    ax.set_ylabel("idle bytes per link per second")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, loc="upper left")
-    ax.set_title("Idle traffic per peer")
+    ax.set_title("Idle traffic per link (both directions)")
     return save(fig, "sim-bandwidth.png")
 
 
@@ -231,6 +209,9 @@ def main(argv=None):
             if r["kind"] == "peernet" and r.get("recent") is False:
                 before[r["n"]] = r["bytes_per_peer"]["median"]
     hb = 16 * sizes["heartbeat"] / HEARTBEAT_INTERVAL
+    # Idle traffic now: heartbeats + refreshes (push only, at the interval an
+    # owner picks at N) + lapsed-copy restores: sim-bandwidth.json's lite rows.
+    idle_now = {r["n"]: r["idle"] for r in (bw or {}).get("lite_refresh", [])}
     if scale:
         w("## Headline (lite model, 50 ms links, links as the real peers make them: 8 outbound, ~16 per peer)\n")
         w("| peers | runs | time-to-100 % median | p99 | max push hops | duplicates / delivery | "
@@ -240,29 +221,34 @@ def main(argv=None):
         for r in scale["runs"]:
             n = r["n"]
             per_update = r["bytes_per_peer_per_update"]["median"]
-            refresh = n / RECORD_REFRESH_INTERVAL * per_update
             b = before.get(n)
-            model_rows.append({"n": n, "hb": hb, "idle": hb + refresh, "per_update": per_update,
-                               "before_per_update": b,
-                               "before_idle": hb + n / RECORD_REFRESH_INTERVAL * b if b else None})
+            im = idle_now.get(n)
+            model_rows.append({
+                "n": n, "hb": hb, "per_update": per_update, "before_per_update": b,
+                "links": im["links_per_peer"] if im else 16,
+                "idle": im["per_peer"] if im else None, "idle_link": im["per_link"] if im else None,
+                "model": im,
+                # before this change: every 30-min refresh spread like an update
+                "before_idle": hb + n / RECORD_REFRESH_INTERVAL * per_update})
             w(f"| {n:,} | {r['runs']} | {f3(r['t100']['median'])} s | {f3(r['t100']['p99'])} s | "
               f"{r['max_hops']['max']:.0f} | {r['dup_per_delivery']['median']:.2f} | {fb(per_update)} | "
-              f"{hb:.0f} | {fb(hb + refresh)}/s | {fb((hb + refresh) * 2 / 16)}/s |")
+              f"{hb:.0f} | {fb(im['per_peer']) + '/s' if im else '-'} | "
+              f"{fb(im['per_link']) + '/s' if im else '-'} |")
         w("")
         if any(m["before_per_update"] for m in model_rows):
             w("Before the core change (digest pings without `recent`, every mismatch a bucket sync; "
               "same lite model with `Variant(recent=False)`, compare experiment): bytes / peer / update "
               + ", ".join(f"{fb(m['before_per_update'])} ({m['n']:,})" for m in model_rows if m["before_per_update"])
-              + "; idle incl. refreshes per peer "
-              + ", ".join(f"{fb(m['before_idle'])}/s" for m in model_rows if m["before_idle"])
               + ". Time-to-100 % and duplicates are unchanged by the change.\n")
-        w("Idle traffic in this table is modelled, not simulated for hours: heartbeats = 16 links x "
-          f"{sizes['heartbeat']} B / 30 s; refreshes = N / 1800 s record refreshes per second x the "
-          "measured bytes one update costs each peer, as if the refreshes' spreads did not overlap. "
-          "A link carries both ends' traffic (per link = 2 x per peer / 16). They do overlap at "
-          f"scale (at {model_rows[-1]['n']:,} peers {model_rows[-1]['n'] / RECORD_REFRESH_INTERVAL:.0f} refreshes start per second, "
-          f"~{model_rows[-1]['n'] / RECORD_REFRESH_INTERVAL * scale['runs'][-1]['t100']['median']:.0f} are in flight at once), and "
-          "that costs far more than this model says: see 'Bandwidth' for the real-core runs.\n")
+        w("Idle traffic in this table is modelled, not simulated for days (`.venv/bin/python "
+          "benchmarks/sim.py bandwidth`, `peernet.sim.experiments.idle_model`): heartbeats = ~16 "
+          f"links x {sizes['heartbeat']} B / 30 s; refreshes = N / interval(N) per second, interval = "
+          "max(30 min, N x 5 s), x the bytes one refresh costs each peer in the lite model (a refresh "
+          "changes no digest, so it is a push and nothing else: ~1.6 kB per peer); plus the bucket "
+          "syncs that restore a copy lapsed at a holder the push missed three times in a row. A link "
+          "carries both ends' traffic (per link = 2 x per peer / links per peer). Every peer sees one "
+          "refresh per 5 s at any N from 360 up, so overlapping spreads do not grow with N either; "
+          "real cores at that rate: see 'Bandwidth'.\n")
 
     # -- claims --------------------------------------------------------------------
     w("## The seed's claims and the issue's targets next to the measurements\n")
@@ -306,26 +292,25 @@ def main(argv=None):
           + " / ".join(f"{r['dup_per_delivery']:.2f}" for r in real_d) + " at "
           + " / ".join(str(r["n"]) for r in real_d) + " real loopback peers | "
           f"{'PASS' if worst <= 3 else 'FAIL'} |")
-    if model_rows:
+    if model_rows and all(m["idle_link"] is not None for m in model_rows):
         hb_link = 2 * sizes["heartbeat"] / HEARTBEAT_INTERVAL
-        worst = model_rows[-1]
-        loaded = [r for r in (bw or {}).get("refresh", []) if r["refresh_rate_per_s"] > 1]
+        worst = max(model_rows, key=lambda m: m["idle_link"])
+        now = [r for r in (bw or {}).get("refresh", []) if r.get("label", "").startswith("now")]
         extra = ""
-        if loaded:
-            hi = loaded[-1]
-            eq = round(hi["refresh_rate_per_s"] * RECORD_REFRESH_INTERVAL)
-            extra = (f"; real cores under the refresh rate of {eq:,} peers: "
-                     f"{fb(hi['bytes_per_link_per_s'])}/s per link at 200 peers' bucket size, "
-                     f"~{fb(_scaled(hi, eq)['per_link'])}/s scaled to {eq:,} peers' buckets")
+        if now:
+            extra = (f"; real cores ({now[0]['n']} peers, the refresh rate of any N >= 360, "
+                     f"{now[0]['duration_s']:.0f} s): {now[0]['bytes_per_link_per_s']:.0f} B/s per link")
+        ok = worst["idle_link"] < 100 and all(r["bytes_per_link_per_s"] < 100 for r in now)
         w(f"| issue: idle traffic under 100 B/s per link | heartbeats alone {hb_link:.1f} B/s per link; "
-          f"with every peer's 30-min record refresh, one spread at a time: "
-          f"{fb(model_rows[0]['idle'] / 8)}/s (1 000 peers) ... {fb(worst['idle'] / 8)}/s "
-          f"({worst['n']:,} peers) per link{extra} | PASS without refreshes; FAIL with them at every "
-          f"N >= 1 000 (before the change: {fb(model_rows[0]['before_idle'] / 8) if model_rows[0]['before_idle'] else '-'}/s"
-          f" ... {fb(worst['before_idle'] / 8) if worst['before_idle'] else '-'}/s per link). Named pulls "
-          f"removed the per-update bucket syncs, but pings cost ~2.4 kB per peer per update and, "
-          f"under overlapping refreshes, overflowing pings and the sync ask-back loop bring whole "
-          f"buckets back (see 'Bandwidth' and 'Recommended core changes') |")
+          f"with refreshes (push only, every max(30 min, N x 5 s)): "
+          + ", ".join(f"{m['idle_link']:.0f} B/s ({m['n']:,} peers)" for m in model_rows)
+          + f" per link{extra}; before: "
+          + ", ".join(f"{fb(m['before_idle'] * 2 / m['links'])}/s" for m in model_rows)
+          + f" | {'PASS' if ok else 'FAIL'} at every N; the price is a crashed peer's record "
+          "lingering one lifetime: "
+          + ", ".join(f"{m['model']['lifetime_s'] / 3600:.1f} h" if m['model']['lifetime_s'] < 2 * 86400
+                      else f"{m['model']['lifetime_s'] / 86400:.1f} days" for m in model_rows)
+          + " (docs/protocol.md, 'Refreshes and idle traffic') |")
     if cmp_:
         rows = {r["kind"] + str(r["variant"]): r for r in cmp_["runs"] if r["n"] == max(x["n"] for x in cmp_["runs"])}
         all_n = sorted({r["n"] for r in cmp_["runs"]})
@@ -427,7 +412,7 @@ def main(argv=None):
           f"{big['n']:,} peers one such sync moves a whole bucket (~{big['n'] / 256:.0f} records, "
           f"~{fb(big['n'] / 256 * sizes['resp_per_record'])}) each way, so these few syncs are "
           f"{100 * share:.0f} % of the bytes. The lite model gives each link a random heartbeat phase, "
-          "as a quiet network has; under steady refreshes the digest pings restart every link's "
+          "as a quiet network has; under a steady stream of changes the digest pings restart every link's "
           "30 s timer and regular heartbeats hardly ever fire.\n")
     if ttl:
         w("## Hops and TTL\n")
@@ -475,69 +460,69 @@ def main(argv=None):
               f"{r['dup_per_delivery']['median']:.2f} | {fb(r['bytes_per_peer']['median'])} |")
         w("")
     w("## Bandwidth: idle, with record refreshes, and under churn\n")
-    if model_rows:
+    if model_rows and any(m["model"] for m in model_rows):
         w(f"![bandwidth]({fig_bandwidth(model_rows, bw)})\n")
-        w("Bytes per peer per update and idle traffic with every peer refreshing its record every "
-          "30 min, one spread at a time (lite model; 'before' = the same model with the rule before "
-          "digest pings named their changes):\n")
-        w("| peers | bytes / peer / update now | before | idle B/s per peer incl. refreshes now | before | "
-          "idle B/s per link now | before |")
-        w("|---:|---:|---:|---:|---:|---:|---:|")
+        w("Idle traffic with every peer refreshing its record (lite model; `.venv/bin/python "
+          "benchmarks/sim.py bandwidth`). A refresh (same version, newer `issued_at`) changes no "
+          "digest, so it spreads by push alone; an owner refreshes every max(30 min, N x 5 s) and "
+          "declares 4 intervals as its record's lifetime (docs/protocol.md, 'Refreshes and idle "
+          "traffic'). 'Before' = 30-min refreshes each costing what an update costs (digest pings, "
+          "asks), one spread at a time, as the previous report modelled it:\n")
+        w("| peers | refresh interval | lifetime (crashed peer lingers) | refreshes / s seen by each peer | "
+          "bytes / peer / refresh | push reaches | lapse chance (3 misses in a row) | heartbeats B/s per link | "
+          "refreshes B/s per link | restores B/s per link | idle B/s per link now | before |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lite_rows = {r["n"]: r for r in bw["lite_refresh"]}
         for m in model_rows:
-            bi = m["before_idle"]
-            w(f"| {m['n']:,} | {fb(m['per_update'])} | {fb(m['before_per_update'])} | {fb(m['idle'])}/s | "
-              f"{fb(bi) + '/s' if bi else '-'} | {fb(m['idle'] / 8)}/s | {fb(bi / 8) + '/s' if bi else '-'} |")
+            im, lr = m["model"], lite_rows.get(m["n"])
+            if not im:
+                continue
+            life = im["lifetime_s"]
+            life_s = f"{life / 3600:.1f} h" if life < 2 * 86400 else f"{life / 86400:.1f} days"
+            iv = im["refresh_interval_s"]
+            iv_s = f"{iv / 3600:.1f} h" if iv < 2 * 86400 else f"{iv / 86400:.1f} days"
+            w(f"| {m['n']:,} | {iv_s} | {life_s} | {im['refreshes_per_s']:.2f} | "
+              f"{fb(lr['bytes_per_peer_per_refresh']['median'])} | "
+              f"{100 * lr['push_coverage']['median']:.1f} % | {lr['miss_run']:.1e} | "
+              f"{im['heartbeats_per_link']:.1f} | {im['refreshes_per_link']:.1f} | "
+              f"{im['restores_per_link']:.2f} | {im['per_link']:.0f} B/s | "
+              f"{fb(m['before_idle'] * 2 / m['links'])}/s |")
         w("")
     if bw and bw.get("refresh"):
-        w("Refreshes overlap, so the real cores were also run under refresh load (`.venv/bin/python "
-          "benchmarks/sim.py bandwidth`): converged tables, 50 ms links, random heartbeat phases, "
-          "records refreshed exactly as `GossipCore.tick` does (same version, new `issued_at`, "
-          "PEER_ANNOUNCEMENT) at Poisson times. 500 peers at their own rate (500 / 1800 s); 200 peers "
-          "at the rate 10 000 and 100 000 peers produce (every peer sees every refresh, so each peer "
-          "handles N / 1800 table changes per second whatever the network's size). The last columns "
-          "re-size the measured bucket syncs to the larger N's buckets (N/256 records per differing "
-          "bucket, 256 hashes per request) and keep everything else as measured, an estimate:\n")
-        w("| peers run | refreshes / s (= N / 1800 at N) | B/s per peer | B/s per link | "
-          "pings (with `recent`) B/s per peer | bucket syncs answered / peer / s | differing buckets "
-          "per answer | scaled to N: B/s per peer | scaled: B/s per link |")
-        w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in bw["refresh"]:
-            n_eq = round(r["refresh_rate_per_s"] * RECORD_REFRESH_INTERVAL)
-            sc = _scaled(r, n_eq)
+        old = (bw.get("before_identity_digests") or {}).get("refresh") or []
+        w("Real cores under refresh load (`.venv/bin/python benchmarks/sim.py bandwidth`): converged "
+          "tables, 50 ms links, random heartbeat phases, records refreshed as `GossipCore.tick` does "
+          "(same version, new `issued_at` and lifetime, PEER_ANNOUNCEMENT) at Poisson times. Every "
+          "peer sees every refresh, so the load on one peer is the network-wide rate N / interval(N): "
+          "0.2 per second at every N from 360 peers up (first row). The other rows run the rates the "
+          "old fixed 30-min interval gave 10 000 and 100 000 peers, to show what identity digests "
+          "alone do to overlapping refreshes. Bytes include heartbeats. 'Latest copy' = share of "
+          "(holder, refreshed record) pairs holding the owner's newest refresh at the end (push alone; "
+          "the rest hold an older copy of the same version).\n")
+        w("| run | peers | refreshes / s | B/s per peer | B/s per link | before: old core, same run at "
+          "its 30-min rate (B/s per link) | "
+          "pings (`recent`) B/s per peer | bucket syncs answered / peer / s | latest copy | penalties |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for i, r in enumerate(bw["refresh"]):
             k = r["bytes_by_kind_per_peer_per_s"]
-            same = n_eq == r["n"]
-            w(f"| {r['n']:,} | {r['refresh_rate_per_s']:.2f} (N = {n_eq:,}) | {fb(r['bytes_per_peer_per_s'])}/s | "
-              f"{fb(r['bytes_per_link_per_s'])}/s | {fb(k.get('HEARTBEAT recent', 0))}/s | "
-              f"{r['sync_answers_per_peer_per_s']:.2f} | {r['differing_buckets_per_answer']:.1f} | "
-              f"{'(as measured)' if same else fb(sc['per_peer']) + '/s'} | "
-              f"{'(as measured)' if same else fb(sc['per_link']) + '/s'} |")
+            o = old[i] if i < len(old) and old[i]["n"] == r["n"] else None
+            w(f"| {r.get('label', '-')} | {r['n']:,} | {r['refreshes'] / r['duration_s']:.2f} "
+              f"({r['refreshes']} in {r['duration_s']:.0f} s; rate {r['refresh_rate_per_s']:.2f}) | "
+              f"{fb(r['bytes_per_peer_per_s'])}/s | {fb(r['bytes_per_link_per_s'])}/s | "
+              f"{fb(o['bytes_per_link_per_s']) + '/s (' + format(o['refresh_rate_per_s'], '.2f') + ' / s)' if o else '-'} | "
+              f"{fb(k.get('HEARTBEAT recent', 0))}/s | {r['sync_answers_per_peer_per_s']:.4f} | "
+              f"{100 * r.get('latest_copy_share', float('nan')):.1f} % | {r['penalties']} |")
         w("")
         hi = bw["refresh"][-1]
         kinds = ", ".join(f"{k} {fb(v)}/s" for k, v in sorted(
             hi["bytes_by_kind_per_peer_per_s"].items(), key=lambda kv: -kv[1]))
-        w(f"By frame kind at {hi['refresh_rate_per_s']:.1f} refreshes / s (200 peers, measured): {kinds}.\n")
-        fr = hi["frames_by_kind_per_peer_per_s"]
-        started = hi.get("syncs_started_per_peer_per_s")
-        askback = hi.get("syncs_started_by_ask_back")
-        loop = (f"{started:.1f} bucket syncs started per peer per second, {100 * askback:.0f} % of them "
-                "by `_answer_sync` asking back" if started is not None else
-                f"{fr.get('PEER_REQUEST sync', 0):.1f} bucket sync requests per peer per second")
-        w("What the runs show: (1) at 500 peers' own refresh rate and at 10 000 peers' rate the named "
-          "pulls work as designed: bucket syncs are all but gone, and what is left is the push, the "
-          "pings and the record asks, close to the one-spread-at-a-time model; (2) at 100 000 peers' "
-          f"rate, {fr.get('HEARTBEAT', 0):.2f} heartbeats per peer per second go without `recent` "
-          f"(against {fr.get('HEARTBEAT recent', 0):.0f} pings with it): regular ones, and pings with "
-          "more than 8 changes pending, after which the receiver starts a bucket sync; (3) a bucket "
-          "sync, once started, keeps going: `_answer_sync` asks back whenever buckets differ and no "
-          "sync of its own is outstanding, and the answer that just arrived cleared that mark, so "
-          "while refreshes are in flight the two ends ask each other back every round trip "
-          f"({loop}). With 200 peers' one-record buckets that costs little; with 100 000 peers' "
-          "~390-record buckets every differing bucket in an answer is ~160 kB. The pings themselves "
-          f"(at most one per link per 50 ms, each naming up to 8 changes: {fb(hi['bytes_by_kind_per_peer_per_s'].get('HEARTBEAT recent', 0))}/s "
-          "per peer) are a floor at that rate too. The target of 100 B/s per link holds without "
-          "refreshes (heartbeats only) at every N, and with refreshes at none of 1 000, 10 000 or "
-          "100 000 peers (500 peers measured: "
-          f"{fb(bw['refresh'][0]['bytes_per_link_per_s'])}/s per link).\n")
+        w(f"By frame kind at {hi['refresh_rate_per_s']:.1f} refreshes / s ({hi['n']} peers, measured): "
+          f"{kinds}.\n")
+        w("What the runs show: refreshes now cost their pushes and nothing else, at any rate: no "
+          "digest pings, no record asks, no bucket syncs (before, at the 100 000-peer rate, pings "
+          "and whole-bucket syncs were more than half the bytes). What is left grows with the rate "
+          "of refreshes each peer sees, which is why the interval grows with N: at the rate every "
+          "N >= 360 now produces, real cores measure well under the 100 B/s per link target.\n")
 
     if bw:
         w("Heartbeats and churn, real cores: 500 broadcasting + 50 silent peers, 50 ms links, 120 s "
@@ -632,7 +617,7 @@ def main(argv=None):
       "Latency models per frame (`models.Fixed`, `Uniform`, `LogNormal`; links stay FIFO like TCP), "
       "frame loss (never the HELLO), a CPU model (per-frame cost, one frame at a time per peer, "
       "optional shared CPU pool), churn (`join`, `leave` = tombstone then close, `crash`, `repair` = "
-      "the connection manager's redial), `refresh` (what `tick` does when a record is 30 min old), "
+      "the connection manager's redial), `refresh` (what `tick` does when a record is due for its refresh), "
       "silent peers, per-kind byte counts (`count_types`). Deterministic per seed: seeded Ed25519 keys, "
       "seeded `random.Random` streams, and the core's message ids drawn from a seeded stream "
       "(`GossipCore(random_bytes=...)`); `trace_digest()` hashes every delivered frame.")
@@ -701,10 +686,14 @@ def main(argv=None):
       + (", ".join(f"{fb(m['before_per_update'])} -> {fb(m['per_update'])} ({m['n']:,} peers)"
                    for m in model_rows if m["before_per_update"]) if model_rows else "")
       + " with the same time-to-100 % and duplicates. Still open, in order of the bytes at stake:\n")
-    loadrun = (bw or {}).get("refresh", [])
+    loadrun = ((bw or {}).get("before_identity_digests") or {}).get("refresh") or []
     loadtxt = (f"{loadrun[-1]['sync_answers_per_peer_per_s']:.0f} bucket syncs answered per peer per "
                f"second at {round(loadrun[-1]['refresh_rate_per_s'] * RECORD_REFRESH_INTERVAL):,} "
-               "peers' refresh rate") if loadrun else "the refresh-load runs"
+               "peers' 30-min refresh rate, before refreshes stopped changing digests") if loadrun else "the refresh-load runs"
+    w("0. **Refreshes are not changes** (done: digests hash record identities, so a refresh "
+      "starts no ping and no sync; the refresh interval grows with N; see 'Bandwidth'). Under "
+      "overlapping refreshes this removed what items 1-3 below were mostly about; they still "
+      "apply to real changes (joins, updates, leaves) in flight at once.")
     w("1. **Stop the sync ask-back loop** (done in the core after these runs: a sync request is asked back only if we started no sync on that link in the last 5 s; the lite model and these figures predate it). `_answer_sync` asks back whenever buckets differ and no "
       "sync of ours is outstanding on the link, and an answer that arrives clears that mark, so "
       "while changes are in flight two peers keep syncing each other every round trip (see "

@@ -215,9 +215,10 @@ def _bandwidth_run(n, silent, duration, churn_per_hour, seed=3):
 def _refresh_run(n, silent, duration, rate, seed=5, warmup=2.0):
     """Real cores, 50 ms links, random heartbeat phases: every peer's record
     refreshes (same version, new issued_at, as GossipCore.tick does every
-    RECORD_REFRESH_INTERVAL) at Poisson times, ``rate`` refreshes per second
-    network-wide.  Each peer then sees ``rate`` table changes per second:
-    rate = N / 1800 is the real rate at N peers.  Counts bytes by frame kind
+    refresh_interval_for(N)) at Poisson times, ``rate`` refreshes per second
+    network-wide.  Each peer then sees ``rate`` refreshes per second:
+    rate = N / refresh_interval_for(N) (experiments.refresh_rate) is the real
+    rate at N peers (N / 1800 before the interval grew with N).  Counts bytes by frame kind
     and, per bucket sync answered, the differing buckets (to scale the sync
     answers to larger N, where a bucket holds N/256 records)."""
     from peernet.gossip.core import GossipCore
@@ -261,12 +262,15 @@ def _refresh_run(n, silent, duration, rate, seed=5, warmup=2.0):
             frames0 = net.sent_by_type.copy()
             stats.update(answers=0, buckets=0, askback=0, started=0)
             refreshes = 0
+            refreshed = set()
             while True:
                 t += rng.expovariate(rate)
                 if t >= t0 + duration:
                     break
                 net.run(t)
-                net.refresh(rng.choice(bc))
+                node = rng.choice(bc)
+                net.refresh(node)
+                refreshed.add(node.core.identity.peer_id)
                 refreshes += 1
             net.run(t0 + duration)
             live = [nd for nd in net.nodes if nd.alive]
@@ -274,6 +278,19 @@ def _refresh_run(n, silent, duration, rate, seed=5, warmup=2.0):
             total = net.bytes_sent - b0
             per_s = lambda c: {k: v / len(live) / duration for k, v in c.items() if v}  # noqa: E731
             covered = all(nd.core.table.digest() == live[0].core.table.digest() for nd in live)
+            # Digests hold record identities, so they agree whatever copy a
+            # holder has: also count how many (holder, refreshed record) pairs
+            # hold the owner's latest issue (a refresh the push missed stays older).
+            latest = {nd.core.identity.peer_id: nd.core.own.order for nd in bc
+                      if nd.alive and nd.core.identity.peer_id in refreshed}
+            pairs = fresh = 0
+            for nd in live:
+                for pid, order in latest.items():
+                    if pid == nd.core.identity.peer_id:
+                        continue
+                    e = nd.core.table.get(pid)
+                    pairs += 1
+                    fresh += e is not None and e.order >= order
             return {"n": n, "silent": silent, "duration_s": duration, "refresh_rate_per_s": rate,
                     "refreshes": refreshes, "bytes_per_peer_per_s": total / len(live) / duration,
                     "bytes_per_link_per_s": total / links / duration,
@@ -285,13 +302,48 @@ def _refresh_run(n, silent, duration, rate, seed=5, warmup=2.0):
                     "syncs_started_per_peer_per_s": stats["started"] / len(live) / duration,
                     "syncs_started_by_ask_back": stats["askback"] / max(1, stats["started"]),
                     "tables_equal_at_end": covered,
+                    "latest_copy_share": fresh / max(1, pairs),
                     "penalties": sum(len(nd.penalties) for nd in net.nodes)}
     finally:
         PeerTable.differing_buckets = orig
         GossipCore._start_sync, GossipCore._answer_sync = orig_start, orig_answer
 
 
+def _previous_refresh_runs():
+    """The refresh-load runs of the stored sim-bandwidth.json from before
+    refreshes stopped changing digests (kept for the report's before/after)."""
+    try:
+        with open(os.path.join(RESULTS, "sim-bandwidth.json")) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if "before_identity_digests" in old:
+        return old["before_identity_digests"]
+    if "lite_refresh" not in old:  # the file predates this change
+        return {"refresh": old.get("refresh"), "date": old.get("date"),
+                "note": "same experiment, core before identity digests (refresh = "
+                        "digest change: pings, asks, bucket syncs), 30-min refreshes"}
+    return None
+
+
 def exp_bandwidth(args):
+    before = _previous_refresh_runs()
+    sizes = lite.frame_sizes()
+    # Refreshes on the lite model (push only) and the idle traffic they make
+    # at the refresh interval an owner picks at each N.
+    lite_rows = []
+    for n, spreads in ((1000, 12), (10000, 12), (100000, 8)):
+        if n > args.max_n:
+            continue
+        w = time.perf_counter()
+        r = E.lite_refreshes(n, spreads=spreads)
+        r["idle"] = E.idle_model(n, r["bytes_per_peer_per_refresh"]["median"], r["miss_run"],
+                                 r["links_per_peer"], sizes)
+        r["wall_s"] = time.perf_counter() - w
+        lite_rows.append(r)
+        print("lite refresh", n, round(r["bytes_per_peer_per_refresh"]["median"]),
+              round(r["push_coverage"]["median"], 4), r["miss_run"],
+              "idle B/s per link", round(r["idle"]["per_link"], 1), round(r["wall_s"], 1))
     n, silent, dur = 500, 50, 120.0
     idle = _bandwidth_run(n, silent, dur, 0.0)
     print("idle", idle)
@@ -300,17 +352,31 @@ def exp_bandwidth(args):
     churn3 = _bandwidth_run(n, silent, dur, 3.0)
     print("churn 300%/h", churn3)
     refresh = []
-    # the real refresh rate at 500 peers; then 200 peers at the rate of
-    # changes each peer sees at 10 000 and 100 000 peers (N / 1800 per second)
-    for rn, rate, rdur in ((500, 500 / 1800.0, 120.0), (200, 10000 / 1800.0, 20.0),
-                           (200, 100000 / 1800.0, 6.0)):
+    # Real cores under refresh load.  Every peer sees every refresh, so the
+    # load a peer handles is the network-wide rate N / interval(N) whatever
+    # N is: 500 peers at that rate (the same, 1 / REFRESH_SECONDS_PER_PEER,
+    # at every N from 360 up to the cap); then 200 peers at the rates the old
+    # 30-min interval gave 10 000 and 100 000 peers (overlapping refreshes:
+    # identity digests keep them push-only), as before this change.
+    for rn, label, rate, rdur in (
+            (500, "now, any N >= 360", E.refresh_rate(500), 600.0),
+            (200, "30-min interval at 10 000 peers", 10000 / 1800.0, 20.0),
+            (200, "30-min interval at 100 000 peers", 100000 / 1800.0, 6.0)):
         w = time.perf_counter()
         r = _refresh_run(rn, 0 if rn < 500 else silent, rdur, rate)
+        r["label"] = label
         r["wall_s"] = time.perf_counter() - w
         refresh.append(r)
-        print("refresh", rn, round(rate, 2), round(r["bytes_per_peer_per_s"]),
-              r["sync_answers_per_peer_per_s"], r["differing_buckets_per_answer"], round(r["wall_s"]))
-    write("bandwidth", {"real": [idle, churn, churn3], "refresh": refresh, "sizes": lite.frame_sizes()})
+        print("refresh", rn, label, round(rate, 2), round(r["bytes_per_link_per_s"], 1),
+              r["sync_answers_per_peer_per_s"], r["latest_copy_share"], round(r["wall_s"]))
+    out = {"lite_refresh": lite_rows, "real": [idle, churn, churn3], "refresh": refresh,
+           "sizes": sizes,
+           "constants": {k: getattr(constants, k) for k in (
+               "RECORD_LIFETIME", "RECORD_REFRESH_INTERVAL", "LIFETIME_REFRESHES",
+               "REFRESH_SECONDS_PER_PEER", "MAX_RECORD_LIFETIME", "HEARTBEAT_INTERVAL")}}
+    if before:
+        out["before_identity_digests"] = before
+    write("bandwidth", out)
 
 
 EXPERIMENTS = {"calibration": exp_calibration, "validation": exp_validation, "scale": exp_scale,

@@ -55,10 +55,26 @@ DIGEST_PING_DELAY = 0.05
 HEARTBEAT_INTERVAL = 30.0
 #: A link that has been silent this long (missed heartbeats) is closed.
 LINK_DEAD_AFTER = 3 * HEARTBEAT_INTERVAL + 5
-#: A record is live for this long after its signed issued_at ...
+#: A record is live for this long after its signed issued_at, unless it
+#: declares its own ``lifetime`` (seconds, at least this, at most
+#: MAX_RECORD_LIFETIME; docs/protocol.md, "Records") ...
 RECORD_LIFETIME = 2 * 3600
-#: ... and its owner signs a fresh copy (same version) this often.
+#: ... and its owner signs a fresh copy (same version) every lifetime /
+#: LIFETIME_REFRESHES, never more often than this.
 RECORD_REFRESH_INTERVAL = 30 * 60
+#: Refreshes an owner signs within one lifetime of its record (the copies a
+#: holder can miss in a row, minus one, before the record lapses there).
+LIFETIME_REFRESHES = 4
+#: The owner's refresh interval grows with the broadcasting peers its table
+#: holds: N x this many seconds (at least RECORD_REFRESH_INTERVAL), so the
+#: network-wide refresh rate, N / interval, stays at most 1 / this per second
+#: whatever N is: ~41 B/s per link of pushes (benchmarks/sim.py bandwidth).
+REFRESH_SECONDS_PER_PEER = 5
+#: Longest lifetime a record may declare (30 days): a crashed peer's record
+#: lingers at most this long, and past N = MAX_RECORD_LIFETIME /
+#: (LIFETIME_REFRESHES x REFRESH_SECONDS_PER_PEER) = 129 600 peers the
+#: interval stops growing (refresh traffic then grows with N again).
+MAX_RECORD_LIFETIME = 30 * 24 * 3600
 #: Anti-entropy buckets (by the first byte of peer_id).
 DIGEST_BUCKETS = 256
 #: Reverse-path memory for PEER_REQUEST ids.

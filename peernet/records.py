@@ -79,8 +79,13 @@ def new_nonce():
 
 
 def make_record(identity, addresses, *, is_bootstrap=True, is_broadcasting=True,
-                version, issued_at_ms, repos=None):
-    """Build and sign a peer record for ``identity``; returns the signed dict."""
+                version, issued_at_ms, repos=None, lifetime=None):
+    """Build and sign a peer record for ``identity``; returns the signed dict.
+
+    ``lifetime``: seconds the record stays live after ``issued_at`` (whole,
+    RECORD_LIFETIME..MAX_RECORD_LIFETIME); None leaves the field out, which
+    means RECORD_LIFETIME (docs/protocol.md, "Records").
+    """
     record = {
         "peer_id": identity.peer_id,
         "public_key": b64encode(identity.public_key_der),
@@ -92,6 +97,8 @@ def make_record(identity, addresses, *, is_bootstrap=True, is_broadcasting=True,
     }
     if repos:
         record["repos"] = [dict(r) for r in repos]
+    if lifetime is not None:
+        record["lifetime"] = int(lifetime)
     return {"record": record, "signature": b64encode(identity.sign(canonical_json(record)))}
 
 
@@ -110,8 +117,9 @@ def verify_signed_record(signed):
     """
     validator("SignedRecord").check(signed)
     record = signed["record"]
-    if type(record["version"]) is not int or type(record["issued_at"]) is not int:
-        raise BadRequest("record version and issued_at must be whole numbers")
+    if (type(record["version"]) is not int or type(record["issued_at"]) is not int
+            or type(record.get("lifetime", 0)) is not int):
+        raise BadRequest("record version, issued_at and lifetime must be whole numbers")
     der = check_key_matches(record["peer_id"], record["public_key"])
     verify(der, b64decode(signed["signature"], "signature"), canonical_json(record))
     return record

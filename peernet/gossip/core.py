@@ -18,7 +18,9 @@ Rules (docs/protocol.md has the full text):
   forwarded (TTL - 1) to the links not known to have it: all of them in the
   early hops (flood phase), then only the eager links (``_relay_targets``).
   The origin pushes its own messages to every link (``_publish_targets``).
-* Every table change schedules a *digest ping* (an early HEARTBEAT) to the
+* Every table change but a refresh (same version, newer issued_at: digests
+  hold record identities, so a refresh changes none; it spreads by push
+  alone) schedules a *digest ping* (an early HEARTBEAT) to the
   links not known to hold the change, DIGEST_PING_DELAY later; a neighbour
   whose digest differs pulls the differing buckets (PEER_REQUEST "sync",
   answered by PEER_LIST_RESPONSE).  Regular heartbeats do the same every
@@ -49,7 +51,7 @@ from peernet import constants
 from peernet.errors import PeernetError
 from peernet.gossip import codec
 from peernet.gossip.codec import MessageType
-from peernet.gossip.table import PeerTable, entry_from_wire, record_hash
+from peernet.gossip.table import PeerTable, entry_from_wire, lifetime_for, record_hash
 from peernet.records import b64decode, b64encode, canonical_json, make_record
 
 #: A sync request is asked back only if we started none on that link this recently.
@@ -255,11 +257,20 @@ class GossipCore:
         if bump:
             # Versions are milliseconds, so they also grow across restarts.
             self._version = max(self._version + 1, self.now_ms())
+        # The lifetime grows with the network this node sees, so refreshes
+        # (LIFETIME_REFRESHES per lifetime) cost the network the same at any
+        # size (docs/protocol.md, "Records").  A tombstone lives at least as
+        # long as the record it replaces, so no lingering copy of that record
+        # can come back through anti-entropy once the tombstone has lapsed.
+        lifetime = lifetime_for(self.table.refreshing_peers(self.now()))
+        if not broadcasting and self.own is not None:
+            lifetime = max(lifetime, int(self.own.lifetime))
         signed = make_record(
             self.identity, self._addresses if broadcasting else [],
             is_bootstrap=self._is_bootstrap, is_broadcasting=broadcasting,
             version=self._version, issued_at_ms=self.now_ms(),
             repos=self._repos if broadcasting else None,
+            lifetime=lifetime if lifetime > constants.RECORD_LIFETIME else None,
         )
         record_bytes = canonical_json(signed["record"])
         entry = entry_from_wire(record_bytes, b64decode(signed["signature"], "signature"), self.now())
@@ -500,11 +511,13 @@ class GossipCore:
         # A digest ping naming what changed: ask for exactly those records we
         # lack (one small request each) instead of whole buckets.  Any other
         # difference is left to the next regular heartbeat's bucket sync.
+        # Digests hold identities, not issue times: a copy of the named
+        # version, whatever its issued_at, is not lacking.
         actions = []
         for peer_id_bytes, version, issued_at in recent:
             peer_id = peer_id_bytes.hex()
             entry = self.table.get(peer_id)
-            if entry is None or entry.order < (version, issued_at):
+            if entry is None or entry.record["version"] < version:
                 actions += self._ask_for_record(link, peer_id)
         return actions
 
@@ -560,6 +573,10 @@ class GossipCore:
                     t.mark_known(entry.hash)
                     actions.append(self._send(t, frame, msg.type))
                 self.stats.forwarded += len(targets)
+        if kind == "refreshed":
+            # Same identity, so no digest changed: nothing for a ping to name
+            # and nothing for a neighbour to sync.  The push carries it.
+            return actions
         due = self.now() + constants.DIGEST_PING_DELAY
         for link in self._ready_links():
             if link is source or entry.hash in link.known:
@@ -696,8 +713,14 @@ class GossipCore:
             if link.ping_due is not None:
                 times.append(link.ping_due)
         if self.broadcasting and self.own is not None:
-            times.append(self.own.record["issued_at"] / 1000.0 + constants.RECORD_REFRESH_INTERVAL)
+            times.append(self._refresh_due())
         return min(times)
+
+    def _refresh_due(self):
+        """When the own record is re-signed: LIFETIME_REFRESHES times per
+        the lifetime it declares (every 30 min for the default 2 h)."""
+        return (self.own.record["issued_at"] / 1000.0
+                + self.own.lifetime / constants.LIFETIME_REFRESHES)
 
     def tick(self):
         """Do what is due: digest pings, heartbeats, dead links, expiry, refresh."""
@@ -739,8 +762,7 @@ class GossipCore:
                 del self.routes[rid]
             for rid in [r for r, exp in self.my_requests.items() if exp <= now]:
                 del self.my_requests[rid]
-        if (self.broadcasting and self.own is not None and
-                now >= self.own.record["issued_at"] / 1000.0 + constants.RECORD_REFRESH_INTERVAL):
+        if self.broadcasting and self.own is not None and now >= self._refresh_due():
             actions += self._publish(MessageType.PEER_ANNOUNCEMENT,
                                      self._issue_record(True, bump=False))
         return actions

@@ -9,13 +9,24 @@ Ordering: a record replaces another of the same peer only if its
 newer one, and a re-issued copy of the same version (a refresh) does.
 
 Liveness is self-certifying: a record is live until ``issued_at +
-RECORD_LIFETIME``; its owner re-issues it every RECORD_REFRESH_INTERVAL, so a
-peer that stops doing so (crashed, gone) disappears from every table two
-hours later, and no relay can keep it alive.
+lifetime`` (the record's signed ``lifetime``, RECORD_LIFETIME when it has
+none; :func:`record_lifetime`); its owner re-issues it LIFETIME_REFRESHES
+times per lifetime, less often the more peers its table holds
+(:func:`refresh_interval_for`), so a peer that stops doing so (crashed, gone)
+disappears from every table one lifetime later, and no relay can keep it
+alive.
 
-Digest: each record hashes to 16 bytes; the table digest is the XOR of all
-record hashes, and bucket ``b`` (first byte of peer_id) has its own XOR.  Two
-tables with equal digests hold the same records (up to hash collisions).
+Digest: each record has a 16-byte *identity hash* of (peer_id, version,
+tombstone or not); the table digest is the XOR of all identity hashes, and
+bucket ``b`` (first byte of peer_id) has its own XOR.  Two tables with equal
+digests hold the same versions of the same records (up to hash collisions),
+though maybe copies of different ``issued_at``: a refresh (same version,
+newer ``issued_at``) changes no digest, so it starts no digest ping and no
+sync; it spreads by push alone.  A holder the push missed keeps its older copy
+until the next refresh or, when that copy lapses, until anti-entropy brings a
+live one (the digests then differ).  ``PeerEntry.hash`` (of the exact record
+bytes) is what links are *known* to hold and what :meth:`PeerTable.known_copy`
+looks up, so a refresh is still pushed to links that hold the older copy.
 """
 
 import hashlib
@@ -38,6 +49,10 @@ class PeerEntry:
     signature: bytes
     hash: int = field(repr=False)
     received_at: float = 0.0
+    #: identity hash (peer_id, version, tombstone): digests and buckets
+    ident: int = field(default=0, repr=False)
+    #: seconds the record is live after issued_at (record_lifetime)
+    lifetime: float = float(constants.RECORD_LIFETIME)
 
     @property
     def order(self):
@@ -49,7 +64,7 @@ class PeerEntry:
 
     @property
     def expires_at(self):
-        return self.record["issued_at"] / 1000.0 + constants.RECORD_LIFETIME
+        return self.record["issued_at"] / 1000.0 + self.lifetime
 
     @property
     def bucket(self):
@@ -77,12 +92,51 @@ def entry_from_wire(record_bytes, signature, received_at=0.0, record_hash=None):
         peer_id=record["peer_id"], record=record, record_bytes=bytes(record_bytes),
         signature=bytes(signature),
         hash=_hash(record_bytes) if record_hash is None else record_hash,
-        received_at=received_at,
+        received_at=received_at, ident=identity_hash(record),
+        lifetime=record_lifetime(record),
     )
 
 
 def _hash(record_bytes):
     return int.from_bytes(hashlib.sha256(record_bytes).digest()[:16], "big")
+
+
+def identity_hash(record):
+    """The 128-bit hash of what a record *is*: (peer_id, version, tombstone or
+    not).  ``issued_at``, ``lifetime`` and the signature are left out, so every
+    refresh of one version hashes alike (digests, buckets)."""
+    kind = b"live" if record["is_broadcasting"] else b"tombstone"
+    data = b"peernet-record-identity\0%s\0%d\0%s" % (
+        record["peer_id"].encode("ascii"), record["version"], kind)
+    return int.from_bytes(hashlib.sha256(data).digest()[:16], "big")
+
+
+def record_lifetime(record):
+    """Seconds ``record`` stays live after its ``issued_at``: its signed
+    ``lifetime``, bounded to [RECORD_LIFETIME, MAX_RECORD_LIFETIME] (the
+    schema refuses values outside; the bound here holds whatever the path),
+    or RECORD_LIFETIME when it declares none."""
+    declared = record.get("lifetime")
+    if declared is None:
+        return float(constants.RECORD_LIFETIME)
+    return float(min(max(declared, constants.RECORD_LIFETIME), constants.MAX_RECORD_LIFETIME))
+
+
+def refresh_interval_for(peers):
+    """Seconds between an owner's refreshes when its table holds ``peers``
+    refreshing peers' records (:meth:`PeerTable.refreshing_peers`):
+    ``peers`` x REFRESH_SECONDS_PER_PEER, at least
+    RECORD_REFRESH_INTERVAL, at most MAX_RECORD_LIFETIME / LIFETIME_REFRESHES.
+    Every peer then sees at most 1 / REFRESH_SECONDS_PER_PEER refreshes per
+    second network-wide, whatever the network's size."""
+    interval = max(constants.RECORD_REFRESH_INTERVAL, peers * constants.REFRESH_SECONDS_PER_PEER)
+    return min(interval, constants.MAX_RECORD_LIFETIME // constants.LIFETIME_REFRESHES)
+
+
+def lifetime_for(peers):
+    """The lifetime (whole seconds) an owner declares at ``peers``:
+    LIFETIME_REFRESHES refresh intervals."""
+    return int(constants.LIFETIME_REFRESHES * refresh_interval_for(peers))
 
 
 #: The 128-bit table hash of a record's bytes (digests, known_copy).
@@ -136,17 +190,18 @@ class PeerTable:
             self._remove(old)
         self._entries[entry.peer_id] = entry
         self._by_hash[entry.hash] = entry
-        self._buckets[entry.bucket] ^= entry.hash
-        self._digest ^= entry.hash
+        self._buckets[entry.bucket] ^= entry.ident
+        self._digest ^= entry.ident
         if old is None:
             return "added"
-        return "refreshed" if entry.record["version"] == old.record["version"] else "updated"
+        # A refresh: same identity (digest unchanged), newer issued_at.
+        return "refreshed" if entry.ident == old.ident else "updated"
 
     def _remove(self, entry):
         del self._entries[entry.peer_id]
         del self._by_hash[entry.hash]
-        self._buckets[entry.bucket] ^= entry.hash
-        self._digest ^= entry.hash
+        self._buckets[entry.bucket] ^= entry.ident
+        self._digest ^= entry.ident
 
     def expire(self, now):
         """Drop expired records; return their peer_ids."""
@@ -170,6 +225,17 @@ class PeerTable:
 
     def in_buckets(self, buckets):
         return [e for e in self._entries.values() if e.bucket in buckets]
+
+    def refreshing_peers(self, now):
+        """Live broadcasting records issued within the last half of their
+        lifetime (two of their owner's refresh intervals): the peers that
+        are refreshing, which an owner counts to pick its own interval
+        (:func:`refresh_interval_for`).  A crashed peer's record stops
+        counting halfway through its lifetime, so the records of crashed
+        peers weigh less on everyone's interval (they would otherwise
+        lengthen it, and with it their own lingering)."""
+        return sum(1 for e in self._entries.values()
+                   if not e.is_tombstone and now - e.record["issued_at"] / 1000.0 <= e.lifetime / 2)
 
     def live_broadcasting(self):
         return [e for e in self._entries.values() if not e.is_tombstone]

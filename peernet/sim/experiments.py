@@ -2,10 +2,12 @@
 and the tests.  Each returns plain dicts (JSON-ready)."""
 
 import math
+import random
 import statistics
 import time
 
 from peernet import constants
+from peernet.gossip.table import lifetime_for, refresh_interval_for
 from peernet.sim import lite
 from peernet.sim.models import CpuModel, FREE_CPU, Fixed
 from peernet.sim.realnet import SimNetwork
@@ -145,6 +147,85 @@ def validate_lite(n, seed=0, rounds=8, latency=None):
         a, b = res["real"][key]["median"], res["lite"][key]["median"]
         res.setdefault("diff_pct", {})[key] = 100.0 * (b - a) / a if a else None
     return res
+
+
+# -- idle traffic: heartbeats and record refreshes --------------------------------------
+
+
+def refresh_rate(n):
+    """Refreshes per second network-wide at ``n`` broadcasting peers (each
+    owner refreshes every ``refresh_interval_for(n)`` s); every peer sees
+    each of them once."""
+    return n / refresh_interval_for(n)
+
+
+def lite_refreshes(n, seeds=1, spreads=8, latency=None, horizon=20.0):
+    """Refresh spreads on the lite model: PEER_ANNOUNCEMENT (TTL 32) pushed by
+    the origin to every link, forwarded to FANOUT links on first receipt, and
+    nothing else (a refresh changes no digest: no pings, no asks, no syncs;
+    ``lite.Variant.refresh``).  Returns the bytes one refresh costs each peer,
+    the share of peers the push reaches (the rest keep the older copy), and
+    ``miss_run``: the chance that a holder misses LIFETIME_REFRESHES - 1
+    refreshes in a row (its copy then lapses), estimated per holder over the
+    ``spreads`` spreads on one graph (holders with few links miss more often)
+    and averaged: mean of C(misses, k) / C(spreads, k)."""
+    latency = latency or Fixed(0.05)
+    k = constants.LIFETIME_REFRESHES - 1
+    per_peer, coverage, links, runs = [], [], [], []
+    for seed in range(seeds):
+        adj = lite.random_adjacency(n, constants.TARGET_LINKS, random.Random(f"refresh-{seed}"))
+        links.append(sum(len(a) for a in adj) / n)
+        misses = [0] * n
+        rng = random.Random(f"refresh-o{seed}")
+        for r in range(spreads):
+            o = rng.randrange(n)
+            res = lite.simulate(adj, o, lite.Variant.refresh(), latency=latency, seed=f"{seed}/{r}",
+                                horizon=horizon, stop_when_covered=False)
+            per_peer.append(res.bytes_total / n)
+            coverage.append(res.coverage)
+            for v, t in enumerate(res.got_time):
+                if t is None:
+                    misses[v] += 1
+        if spreads >= k:
+            runs.append(statistics.fmean(math.comb(x, k) for x in misses) / math.comb(spreads, k))
+    return {"n": n, "spreads": len(per_peer), "bytes_per_peer_per_refresh": summary(per_peer),
+            "push_coverage": summary(coverage), "links_per_peer": statistics.fmean(links),
+            "miss_run": statistics.fmean(runs) if runs else None, "miss_run_length": k}
+
+
+def idle_model(n, bytes_per_refresh, miss_run, links_per_peer, sizes):
+    """Idle traffic at ``n`` peers, per peer and per link (a link carries both
+    ends' traffic: per link = 2 x per peer / links per peer):
+
+    * heartbeats: one per link and direction every HEARTBEAT_INTERVAL;
+    * refreshes: ``refresh_rate(n)`` spreads per second, each costing every
+      peer ``bytes_per_refresh`` (push only);
+    * restores: a holder the push missed LIFETIME_REFRESHES - 1 times in a
+      row (chance ``miss_run``, from :func:`lite_refreshes`) loses the record
+      when its copy lapses and gets it back by a bucket sync (request with
+      every bucket hash, answer with the record's bucket: 1 + (n-1)/256
+      records, counted whole); per peer per second that is
+      n x miss_run / interval of them."""
+    interval = refresh_interval_for(n)
+    lifetime = lifetime_for(n)
+    hb = links_per_peer * sizes["heartbeat"] / constants.HEARTBEAT_INTERVAL
+    refresh = refresh_rate(n) * bytes_per_refresh
+    restores = n * (miss_run or 0.0) / interval
+    nb = constants.DIGEST_BUCKETS
+    nonempty = nb * (1 - (1 - 1 / nb) ** n)
+    sync = (sizes["sync_req_base"] + sizes["sync_req_per_bucket"] * nonempty
+            + sizes["resp_base"] * max(1, math.ceil((1 + (n - 1) / nb) / constants.MAX_RECORDS_PER_RESPONSE))
+            + sizes["resp_per_record"] * (1 + (n - 1) / nb))
+    per_peer = hb + refresh + restores * sync
+    per_link = lambda x: x * 2 / links_per_peer  # noqa: E731
+    return {"n": n, "refresh_interval_s": interval, "lifetime_s": lifetime,
+            "refreshes_per_s": refresh_rate(n), "links_per_peer": links_per_peer,
+            "heartbeats_per_peer": hb, "refreshes_per_peer": refresh,
+            "restores_per_peer_per_s": restores, "restore_sync_bytes": sync,
+            "restores_bytes_per_peer": restores * sync,
+            "per_peer": per_peer, "per_link": per_link(per_peer),
+            "heartbeats_per_link": per_link(hb), "refreshes_per_link": per_link(refresh),
+            "restores_per_link": per_link(restores * sync)}
 
 
 # -- calibration against benchmarks/results/convergence*.json -------------------------

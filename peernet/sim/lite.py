@@ -51,6 +51,12 @@ expected size of the watched record's bucket, none assumed known on the
 link), bloom false positives, and per-link ordering under
 non-fixed latency is kept FIFO as TCP does.
 
+Record refreshes (same version, newer ``issued_at``) change no digest
+(digests hash record identities), so a refresh is a push and nothing else:
+``Variant.refresh()``; ``peernet.sim.experiments.idle_model`` turns its cost
+into idle bytes per link at the refresh interval an owner picks at N
+(``peernet.gossip.table.refresh_interval_for``).
+
 The same engine also runs the comparison protocols on the same network
 model: push alone (no digest pings, optional 30 s anti-entropy), a
 memberlist/Serf-style gossip and a GossipSub-style mesh (see ``Variant``).
@@ -132,6 +138,16 @@ class Variant:
     def peernet_fanout(cls, **kw):
         """peernet's rule before the eager mesh: push to ``fanout`` random links."""
         return cls("peernet", eager_links=0, flood=False, **kw)
+
+    @classmethod
+    def refresh(cls, **kw):
+        """A record refresh (same version, newer ``issued_at``): digests hold
+        record identities, so a refresh changes none and starts no digest
+        ping, no ask and no bucket sync; it spreads as a PEER_ANNOUNCEMENT
+        (TTL 32) by push alone (flood phase, then the eager mesh, as any
+        push), and the peers the push misses keep their older copy (same
+        digest).  Heartbeats are counted apart (idle model)."""
+        return cls("push", pings=False, heartbeats=False, ttl=constants.TTL_ANNOUNCEMENT, **kw)
 
     @classmethod
     def memberlist(cls, **kw):
@@ -284,7 +300,7 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
     if variant.kind == "gossipsub":
         mesh = _build_mesh(adj, variant.mesh_degree, rng)
     eager = None
-    if variant.kind == "peernet" and variant.eager_links:
+    if variant.kind in ("peernet", "push") and variant.eager_links:
         eager = getattr(adj, "eager", None)
         if eager is None or variant.eager_links != constants.EAGER_LINKS:
             eager = _pick_eager(adj, variant.eager_links, rng)

@@ -578,9 +578,10 @@ class GossipCore:
             # and nothing for a neighbour to sync.  The push carries it.
             return actions
         due = self.now() + constants.DIGEST_PING_DELAY
-        for link in self._ready_links():
-            if link is source or entry.hash in link.known:
-                continue
+        lacking = [l for l in self._ready_links() if l is not source and entry.hash not in l.known]
+        if constants.DIGEST_PING_LINKS and len(lacking) > constants.DIGEST_PING_LINKS:
+            lacking = self.rng.sample(lacking, constants.DIGEST_PING_LINKS)
+        for link in lacking:
             if link.ping_due is None:
                 link.ping_due = due
             # Name the change in the ping, so the neighbour pulls exactly it.
@@ -594,6 +595,10 @@ class GossipCore:
         """Enough of the timestamp window left to relay ``msg`` safely."""
         skew = msg.body["ts"] / 1000.0 - self.now()
         return abs(skew) <= constants.CLOCK_SKEW_SECONDS - RELAY_WINDOW_MARGIN
+
+    def _link_holds(self, link, peer_id, order):
+        entry = self.table.get(peer_id)
+        return entry is not None and entry.order == order and entry.hash in link.known
 
     def _relay_targets(self, msg, from_link, record_hash):
         """Where a push that changed our table goes next (docs/protocol.md, "Push").
@@ -740,6 +745,16 @@ class GossipCore:
             if not link.hello_received:
                 continue
             ping = link.ping_due is not None and link.ping_due <= now
+            if ping and link.recent and not link.recent_overflow:
+                # Name only what the link has not shown it holds meanwhile (it
+                # sent us the push, or we pushed it there): with the eager mesh
+                # most neighbours have the change before the ping is due.
+                link.recent = {pid: order for pid, order in link.recent.items()
+                               if not self._link_holds(link, pid, order)}
+                if (not link.recent and
+                        now - link.last_heartbeat_sent < constants.HEARTBEAT_INTERVAL):
+                    link.ping_due = None
+                    continue
             if ping or now - link.last_heartbeat_sent >= constants.HEARTBEAT_INTERVAL:
                 link.ping_due = None
                 link.last_heartbeat_sent = now

@@ -347,7 +347,11 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
             return
         kv = known.get(v, ())
         pend = ping_pending.setdefault(v, set())
-        new = [w for w in adj[v] if w != source and w not in kv and w not in pend]
+        new = [w for w in adj[v] if w != source and w not in kv]
+        k = constants.DIGEST_PING_LINKS
+        if k and len(new) > k:
+            new = rng.sample(new, k)
+        new = [w for w in new if w not in pend]
         if new:
             pend.update(new)
             push_event(t + variant.ping_delay, PINGS, v, v, tuple(new))
@@ -427,9 +431,12 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
         elif kind == PINGS:
             pend = ping_pending.get(v)
             nxt = t + variant.hb_interval
+            kv = known.get(v, ())
             for w in arg:
                 if w in pend:  # not replaced by a regular heartbeat meanwhile
                     pend.discard(w)
+                    if w in kv:
+                        continue  # core: the link showed it holds the change; no ping
                     hb_next[(v, w)] = nxt  # core: last_heartbeat_sent = now
                     out.append((HB, w, v, has[v] | ping_flag, ping_size))
         elif kind == HBT:

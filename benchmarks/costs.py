@@ -1099,10 +1099,14 @@ def markdown(report):
     if "cpu" in s:
         c = s["cpu"]
         verdict = "meets" if c["ratio_vs_echo"] <= 2 else "misses"
+        rounds = report["cpu"]["result"]["rounds"]
+        fanout = med([r["peer"].get("relayed_frames", 0) / r["peer"]["messages"] for r in rounds])
+        pings = med([r["peer"].get("digest_pings", 0) / r["peer"]["messages"] for r in rounds])
         lines.append(f"| CPU per relayed PEER_UPDATE, peernet target | {c['peer']:.0f} µs | "
                      f"median of {st['rounds']} rounds of {st['messages']} frames at "
-                     f"{st['rate']:.0f}/s; verify, apply, relay to 3 of "
-                     f"{st['links']} links, digest pings |")
+                     f"{st['rate']:.0f}/s; verify, apply, relay to {fanout:.1f} of "
+                     f"{st['links']} links (the frames out, per message), "
+                     f"{pings:.2f} digest pings per message |")
         lines.append(f"| CPU per frame, bare Autobahn echo (same frames, same TLS) | "
                      f"{c['echo']:.0f} µs | receive + send back |")
         lines.append(f"| CPU per frame, bare Autobahn relay to 3 links | {c['relay3']:.0f} µs | "

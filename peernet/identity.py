@@ -79,9 +79,9 @@ ED25519_SIGNATURE_BYTES = 64
 def verify(public_key_der, signature, data):
     """Check an Ed25519 ``signature`` over ``data``; raise BadSignature if wrong.
 
-    The gossip hot path verifies two signatures per PEER_UPDATE, so the check
-    runs in libsodium (PyNaCl), about twice as fast as OpenSSL's Ed25519 on
-    this machine (54 vs 103 us, docs/costs.md).  libsodium is the stricter of
+    The gossip hot path verifies one signature per new PEER_UPDATE (its
+    record's), so the check runs in libsodium (PyNaCl), about twice as fast as
+    OpenSSL's Ed25519 on this machine (54 vs 103 us, docs/costs.md).  libsodium is the stricter of
     the two (it also refuses small-order keys and R points and non-canonical
     key encodings), so nothing OpenSSL refuses is accepted; honest signatures
     verify under both.  A key that is not the plain 44-byte Ed25519 SPKI goes

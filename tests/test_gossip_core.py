@@ -327,3 +327,98 @@ def test_a_fresh_envelope_does_not_revive_an_expired_record():
     assert not changed and not relays(actions) and not penalties(actions)
     entry = h.me.table.get(h.other.peer_id)
     assert entry is None or entry.record_bytes != codec.decode(old).body["rec"]
+
+
+def test_hello_impersonating_another_peer_is_rejected():
+    clock = HeapClock(START)
+    me = GossipCore(NodeIdentity.generate(), clock, random.Random(1), broadcasting=True,
+                    addresses=["wss://127.0.0.1:1/gossip"])
+    victim = GossipCore(NodeIdentity.generate(), clock, random.Random(2), broadcasting=True,
+                        addresses=["wss://127.0.0.3:1/gossip"])
+    mallory = NodeIdentity.generate()
+    me.link_opened("L", False, mallory.peer_id)  # TLS proved mallory's key
+    hello_of_victim = victim.link_opened("X", True, None)[0].frame
+    actions = me.receive("L", hello_of_victim)
+    assert penalties(actions) == ["impersonation"]
+    assert me.table.get(victim.identity.peer_id) is None
+
+
+@pytest.mark.parametrize("ttl", [33, 40])
+def test_ttl_above_32_is_rejected(ttl):
+    h = Harness()
+    actions, changed = h.feed(h.update_frame(ttl=ttl))
+    assert not changed and penalties(actions) == ["bad_ttl"]
+
+
+def test_unknown_type_and_truncated_frames_are_rejected_without_effect():
+    h = Harness()
+    good = h.update_frame()
+    env = msgpack.unpackb(good, raw=False)
+    env["type"] = 9
+    for frame in [msgpack.packb(env, use_bin_type=True), good[:len(good) // 2], good[:-1], b"", b"\x00" * 10]:
+        actions, changed = h.feed(frame)
+        assert not changed and penalties(actions)
+    actions, changed = h.feed(good)
+    assert changed
+
+
+def test_older_version_never_replaces_newer():
+    h = Harness()
+    first = h.update_frame()
+    second = h.update_frame()
+    assert h.feed(second)[1]
+    actions, changed = h.feed(first)
+    assert not changed
+    assert h.me.table.get(h.other.peer_id).repo_names() == {
+        r["name"] for r in h.other_core.own.record["repos"]}
+
+
+def test_messages_before_hello_are_refused():
+    clock = HeapClock(START)
+    me = GossipCore(NodeIdentity.generate(), clock, random.Random(1))
+    me.link_opened("L", False, None)
+    body = codec.encode_body(T.HEARTBEAT, {"id": b"i" * 16, "ts": int(START * 1000),
+                                           "digest": b"d" * 16, "n": 0, "load": 0})
+    actions = me.receive("L", codec.encode(T.HEARTBEAT, 1, body))
+    assert penalties(actions) == ["no_hello"]
+
+
+def test_a_link_without_a_valid_hello_closes_hello_timeout_after_opening():
+    """Refused frames (here: a HELLO from a clock 40 s ahead, repeated) do not
+    keep a link that never said a valid HELLO open, and the close says why."""
+    clock = HeapClock(START)
+    me = GossipCore(NodeIdentity.generate(), clock, random.Random(1))
+    ahead_clock = HeapClock(START + 40)
+    ahead = GossipCore(NodeIdentity.generate(), ahead_clock, random.Random(2))
+    me.link_opened("L", False, None)
+    assert me.next_wakeup() <= START + constants.HELLO_TIMEOUT
+    for _ in range(int(constants.HELLO_TIMEOUT) - 1):
+        clock.advance(1.0)
+        ahead_clock.advance(1.0)
+        hello = ahead.link_opened("X", True, None)[0].frame
+        penalty = next(a for a in me.receive("L", hello) if isinstance(a, Penalty))
+        assert penalty.code == "stale_timestamp"
+        assert "+40 s off this node's clock, outside the \u00b130 s window" in penalty.detail
+        assert not [a for a in me.tick() if isinstance(a, Close)]
+    clock.advance(1.0)
+    closes = [a for a in me.tick() if isinstance(a, Close)]
+    assert closes == [Close("L", "no valid HELLO in time")]
+    assert "L" not in me.links
+
+
+def test_snapshot_round_trip_reverifies_records(tmp_path):
+    net = network(10, seed=1)
+    assert net.run_until(lambda: converged(net), 10.0, step=0.01) is not None
+    table = net.nodes[0].core.table
+    data = table.snapshot_bytes()
+    from peernet.gossip.table import PeerTable
+
+    fresh = PeerTable()
+    assert fresh.load_snapshot_bytes(data, START + 1) == len(table)
+    assert fresh.digest() == table.digest()
+    tampered = data.replace(b"127.0.0.5", b"127.0.0.9")
+    other = PeerTable()
+    assert other.load_snapshot_bytes(tampered, START + 1) == len(table) - 1
+    assert PeerTable().load_snapshot_bytes(b"garbage", START) == 0
+    # Expired records are not loaded back.
+    assert PeerTable().load_snapshot_bytes(data, START + 3 * 3600) == 0

@@ -7,7 +7,7 @@ and keeps the overlay connected.
 What a caller may rely on:
 
 * **Links.** Every link is a WebSocket (path ``/gossip``, subprotocol
-  ``peernet.1``, binary frames of at most MAX_MESSAGE_BYTES) over TLS 1.3
+  ``peernet.2``, binary frames of at most MAX_MESSAGE_BYTES) over TLS 1.3
   with certificates on both sides (:class:`peernet.tls.MutualTLS`).  An
   outbound link pins the peer_id of the signed record it was dialled from; a
   mismatch fails the TLS handshake, before any frame.

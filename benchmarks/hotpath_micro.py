@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""µs per call of the pieces of the relay hot path changed for issue 9.
+
+Runs against whichever peernet is first on the path, so the same script times
+the code before and after a change (run it from a ``git archive`` copy of the
+old commit with ``PYTHONPATH`` pointing at that copy, then from this tree):
+
+    .venv/bin/python benchmarks/hotpath_micro.py
+    PYTHONPATH=/tmp/old .venv/bin/python /tmp/old/benchmarks/hotpath_micro.py  # the old code
+
+What it times (``timeit``, median of 7 repeats):
+
+- one Ed25519 verify of a real 307-byte record (``identity.verify``);
+- ``codec.decode`` of the benchmark's PEER_UPDATE frame, message id included;
+- a relayed frame (446 bytes) sent on 3 inbound links: 3 × ``sendMessage``
+  through Autobahn's own ``sendData`` (with its debug-log arguments), 3 ×
+  ``sendMessage`` through our protocol class, and, where the code has it, one
+  prepared frame + 3 × ``GossipLink.send_prepared``; Autobahn server protocols
+  over ``StringTransport`` (no TLS, no sockets);
+- one masked 446-byte client frame through ``dataReceived``, Autobahn's and ours;
+- a Twisted ``log.debug`` event dropped by a ``FilteringLogObserver`` at "info"
+  (as ``twist`` sets logging up);
+- what a table change costs the connection manager when it has all the
+  outbound links it wants (schedule + run ``_maintain``, or the
+  ``_outbound_wanted`` check), on a ``GossipService`` driven by ``task.Clock``.
+"""
+
+import os
+import sys
+import timeit
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+for p in (str(REPO), str(REPO / "benchmarks")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from autobahn.twisted.websocket import WebSocketServerProtocol  # noqa: E402
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol  # noqa: E402
+from twisted.internet.task import Clock  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.logger import (  # noqa: E402
+    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, LogPublisher, Logger)
+
+from peernet import constants  # noqa: E402
+from peernet.gossip import codec  # noqa: E402
+from peernet.gossip.codec import MessageType as T  # noqa: E402
+from peernet.identity import NodeIdentity, verify  # noqa: E402
+from peernet.peer import links  # noqa: E402
+from peernet.peer.links import GossipLink, GossipServerFactory, GossipServerProtocol  # noqa: E402
+from peernet.peer.transport import GossipService  # noqa: E402
+
+from costs import Key, wire_record  # noqa: E402
+
+
+def per_call(f, n=3000):
+    runs = sorted(timeit.repeat(f, number=n, repeat=7))
+    return runs[3] / n * 1e6
+
+
+class _Owner:
+    inbound_connections = 0
+
+    def link_message(self, *args):
+        pass
+
+
+class _AutobahnIO(links._GossipProtocolMixin, WebSocketServerProtocol):
+    """Our protocol class with Autobahn's own sendData / dataReceived."""
+
+    sendData = WebSocketServerProtocol.sendData
+    dataReceived = WebSocketServerProtocol.dataReceived
+
+
+def _open_protocol(cls):
+    protocol = cls()
+    protocol.factory = GossipServerFactory(_Owner())
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.state = WebSocketProtocol.STATE_OPEN
+    protocol.websocket_version = 13
+    protocol.inside_message = False
+    protocol.current_frame = None
+    protocol.link = object()
+    return protocol, transport
+
+
+def main():
+    out = {}
+    key = Key("micro", 1)
+    ts = 1_800_000_000_000
+    record_bytes, rsig = wire_record(key, 2, ts)
+    out["Ed25519 verify (identity.verify, 307-byte record)"] = per_call(
+        lambda: verify(key.public_key_der, rsig, record_bytes), n=1000)
+
+    body = codec.encode_body(T.PEER_UPDATE, {"id": os.urandom(16), "ts": ts,
+                                             "rec": record_bytes, "rsig": rsig})
+    if constants.PROTOCOL_VERSION == 1:
+        frame = codec.encode(T.PEER_UPDATE, 32, body, key.sign(body))
+    else:
+        frame = codec.encode(T.PEER_UPDATE, 32, body)
+    out["codec.decode + message id"] = per_call(lambda: codec.decode(frame).id)
+
+    payload = os.urandom(446)
+    for label, cls in (("Autobahn's sendData", _AutobahnIO), ("our protocol class", GossipServerProtocol)):
+        opened = [_open_protocol(cls) for _ in range(3)]
+
+        def three_sends():
+            for protocol, transport in opened:
+                protocol.sendMessage(payload, isBinary=True)
+                transport.clear()
+
+        out[f"relay to 3 inbound links: 3 x sendMessage, {label}"] = per_call(three_sends)
+    if hasattr(links, "prepare_frame"):
+        targets = []
+        for protocol, transport in (_open_protocol(GossipServerProtocol) for _ in range(3)):
+            link = GossipLink(outbound=False)
+            link.protocol, link.opened = protocol, True
+            targets.append((link, transport))
+
+        def prepared_sends():
+            prepared = links.prepare_frame(payload)
+            for link, transport in targets:
+                link.send_prepared(prepared)
+                transport.clear()
+
+        out["relay to 3 inbound links: one prepared frame + 3 x send_prepared"] = per_call(
+            prepared_sends)
+
+    wire = PreparedMessage(payload, True, True, True).payloadHybi
+    for label, cls in (("Autobahn's dataReceived", _AutobahnIO), ("our protocol class", GossipServerProtocol)):
+        protocol, _ = _open_protocol(cls)
+        out[f"receive one 446-byte frame, {label}"] = per_call(lambda: protocol.dataReceived(wire))
+
+    publisher = LogPublisher()
+    kept = []
+    publisher.addObserver(FilteringLogObserver(kept.append, [LogLevelFilterPredicate(LogLevel.info)]))
+    log = Logger(namespace="peernet.peer.transport", observer=publisher)
+    out["a log.debug event dropped at level info"] = per_call(
+        lambda: log.debug("table {kind} {peer_id}", kind="updated", peer_id="ab" * 32))
+    assert not kept
+
+    clock = Clock()
+    service = GossipService(clock, NodeIdentity.generate(), broadcasting=False)
+    service.running = True
+    for i in range(9):
+        link = GossipLink(outbound=(i == 0))
+        service._links[link.id] = link
+    service.target_links = 1
+
+    def schedule_and_run():
+        service._schedule_maintain(0)
+        clock.advance(0)
+
+    out["table change, manager has its links: schedule + run _maintain"] = per_call(schedule_and_run)
+    if hasattr(service, "_outbound_wanted"):
+        out["table change, manager has its links: _outbound_wanted check"] = per_call(
+            service._outbound_wanted)
+
+    for name, us in out.items():
+        print(f"{us:8.2f} us  {name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -236,14 +236,16 @@ def idle_model(n, bytes_per_refresh, miss_run, links_per_peer, sizes):
 #: first frame and the SSE delivery to the client are fixed delays (the first
 #: delivery takes ~13 ms there).  ``scale`` = 1 is 0.28 ms per frame (0.17
 #: received + 0.11 per frame sent), the cost measured in the first real runs.
-#: The runs of 2026-11-26 (eager mesh, 3 digest pings) measured 0.29 ms per
-#: frame at 30 peers and 0.37 ms at 100 (peers' CPU from POST to last
-#: delivery / frames); the calibrated value 2.5 was fitted to their
-#: time-to-100 %: the model runs a peer the moment a core is free, while the
-#: kernel wakes 100 processes on 2 cores with its own latency, which the fit
-#: absorbs.  (Fitted 1.25 against the runs before the eager mesh, when digest
-#: pings were 73 % of the frames and the round was CPU-bound throughout.)
-CALIBRATED_SCALE = 2.5
+#: The runs of 2026-11-26 (eager mesh, one signature per push, leaner hot
+#: path) measured 0.12 ms per frame at 30 peers and 0.21 ms at 100 (peers' CPU
+#: from POST to last delivery / frames); the calibrated value 2.0 was fitted
+#: to their time-to-100 %: the model runs a peer the moment a core is free,
+#: while the kernel wakes 30 or 100 processes on 2 cores with a latency of its
+#: own that grows with their number, which one factor cannot fit at both
+#: sizes (2.0: +20 % at 30 peers, -30 % at 100; docs/benchmarks.md).  (Fitted
+#: 1.25 against the runs before the eager mesh, when every round was CPU-bound
+#: to its end by digest pings.)
+CALIBRATED_SCALE = 2.0
 
 
 def loopback_cpu(scale=CALIBRATED_SCALE, publish_overhead_s=0.012, observe_delay_s=0.004):

@@ -233,6 +233,13 @@ class Conn:
         self.lost = False
 
 
+#: Injected pushes arrive as if 8 hops from their origin: past the flood phase
+#: at any table size here, so the target relays them over its eager links (the
+#: common case: at 100 000 peers ~96 % of relays happen past the flood phase).
+RELAY_TTL = 32 - 8
+EAGER_SINKS = 2
+
+
 class HelperOwner:
     """The ``owner`` that peernet.peer.links calls (client and server side)."""
 
@@ -243,6 +250,11 @@ class HelperOwner:
         self.server_identity = server_identity
         self.server_wire = server_wire  # (record_bytes, sig) sent in our server HELLO
         self.server_conns = []
+        #: sink links that mark themselves eager in their HELLO (each sink is a
+        #: throwaway node dialling the target, so it may): with the target's own
+        #: eager outbound link to our server, a relay past the flood phase goes
+        #: to 3 links, the fan-out of the bare relay it is compared with.
+        self.eager_sinks = EAGER_SINKS
 
     # server side (the target dials our gossip server)
     def inbound_handshake(self, protocol, tls_peer_id):
@@ -303,6 +315,9 @@ class HelperOwner:
         if conn.role == "server" and self.server_wire is not None:
             body["bc"] = True
             body["rec"], body["rsig"] = self.server_wire
+        if conn.role == "sink" and conn.gossip and self.eager_sinks > 0:
+            self.eager_sinks -= 1
+            body["eager"] = True
         conn.link.send(codec.encode(MessageType.HELLO, 0,
                                     codec.encode_body(MessageType.HELLO, body)))
 
@@ -415,7 +430,7 @@ def build_frames(keys, version, ts_ms):
         rb, rsig = wire_record(key, version, ts_ms)
         body = codec.encode_body(MessageType.PEER_UPDATE, {
             "id": os.urandom(16), "ts": ts_ms, "rec": rb, "rsig": rsig})
-        frames.append(codec.encode(MessageType.PEER_UPDATE, constants.TTL_UPDATE, body))
+        frames.append(codec.encode(MessageType.PEER_UPDATE, RELAY_TTL, body))
     return frames
 
 

@@ -244,7 +244,10 @@ def main(argv=None):
           "benchmarks/sim.py bandwidth`, `peernet.sim.experiments.idle_model`): heartbeats = ~16 "
           f"links x {sizes['heartbeat']} B / 30 s; refreshes = N / interval(N) per second, interval = "
           "max(30 min, N x 5 s), x the bytes one refresh costs each peer in the lite model (a refresh "
-          "changes no digest, so it is a push and nothing else: ~1.6 kB per peer); plus the bucket "
+          "changes no digest, so it is a push and nothing else: "
+          + "/".join(fb(x["bytes_per_peer_per_refresh"]["median"]) for x in (bw or {}).get("lite_refresh", []))
+          + " per peer at " + "/".join(f"{x['n']:,}" for x in (bw or {}).get("lite_refresh", []))
+          + " peers); plus the bucket "
           "syncs that restore a copy lapsed at a holder the push missed three times in a row. A link "
           "carries both ends' traffic (per link = 2 x per peer / links per peer). Every peer sees one "
           "refresh per 5 s at any N from 360 up, so overlapping spreads do not grow with N either; "

@@ -52,10 +52,6 @@ EAGER_LINKS = 2
 #: table digest this much later (coalesced), so a neighbour the random push
 #: missed pulls the record at once instead of at the next heartbeat.
 DIGEST_PING_DELAY = 0.05
-#: ... to at most this many of them, chosen at random (0: all).  All: a few
-#: random ones save frames but leave a peer behind a blackholed partition
-#: (docs/protocol.md, "Digest pings").
-DIGEST_PING_LINKS = 0
 HEARTBEAT_INTERVAL = 30.0
 #: A link that has been silent this long (missed heartbeats) is closed.
 LINK_DEAD_AFTER = 3 * HEARTBEAT_INTERVAL + 5

@@ -7,7 +7,6 @@ import statistics
 
 import pytest
 
-from peernet import constants
 from peernet.sim import experiments as E
 from peernet.sim import lite
 from peernet.sim.models import Fixed, LogNormal, Uniform, latency_from_spec
@@ -77,10 +76,7 @@ def test_lite_model_agrees_with_the_real_core_at_small_n():
     assert info["penalties"] == 0
 
 
-def test_digest_pings_pull_named_records_not_buckets(monkeypatch):
-    # every lacking link pinged (as before DIGEST_PING_LINKS), so that this
-    # checks the pull itself, not how often the random subset covers a peer
-    monkeypatch.setattr(constants, "DIGEST_PING_LINKS", 0)
+def test_digest_pings_pull_named_records_not_buckets():
     # real core: the spread asks for the one record; no bucket sync without
     # a regular heartbeat (build() opens every link at once: none due for 30 s).
     # The eager mesh reaches everyone on a lossless network, so 20 % of the

@@ -578,10 +578,9 @@ class GossipCore:
             # and nothing for a neighbour to sync.  The push carries it.
             return actions
         due = self.now() + constants.DIGEST_PING_DELAY
-        lacking = [l for l in self._ready_links() if l is not source and entry.hash not in l.known]
-        if constants.DIGEST_PING_LINKS and len(lacking) > constants.DIGEST_PING_LINKS:
-            lacking = self.rng.sample(lacking, constants.DIGEST_PING_LINKS)
-        for link in lacking:
+        for link in self._ready_links():
+            if link is source or entry.hash in link.known:
+                continue
             if link.ping_due is None:
                 link.ping_due = due
             # Name the change in the ping, so the neighbour pulls exactly it.
@@ -612,18 +611,14 @@ class GossipCore:
         still reaches everyone, at about 2 duplicates per delivery.  A node
         with no eager link falls back to FANOUT random links.
         """
-        candidates = [l for l in self._ready_links()
-                      if l is not from_link and record_hash not in l.known]
+        ready = self._ready_links()
         d = len(self.links)
         hops = constants.MAX_TTL_BY_TYPE[msg.type] - msg.ttl
-        if d * (d - 1) ** (hops + 1) <= len(self.table):
-            return candidates
-        eager = [l for l in candidates if l.eager]
-        if eager or any(l.eager for l in self._ready_links()):
-            return eager
-        if len(candidates) <= self.fanout:
-            return candidates
-        return self.rng.sample(candidates, self.fanout)
+        flood = d * (d - 1) ** (hops + 1) <= len(self.table)
+        if not flood and not any(l.eager for l in ready):
+            return self._pick(exclude={from_link.id}, count=self.fanout, lacking=record_hash)
+        return [l for l in ready if l is not from_link and record_hash not in l.known
+                and (flood or l.eager)]
 
     def _pick(self, exclude, count, lacking=None):
         candidates = [l for l in self._ready_links()

@@ -347,11 +347,7 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
             return
         kv = known.get(v, ())
         pend = ping_pending.setdefault(v, set())
-        new = [w for w in adj[v] if w != source and w not in kv]
-        k = constants.DIGEST_PING_LINKS
-        if k and len(new) > k:
-            new = rng.sample(new, k)
-        new = [w for w in new if w not in pend]
+        new = [w for w in adj[v] if w != source and w not in kv and w not in pend]
         if new:
             pend.update(new)
             push_event(t + variant.ping_delay, PINGS, v, v, tuple(new))

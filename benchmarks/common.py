@@ -5,8 +5,17 @@ import os
 import signal
 import socket
 import time
+from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
+
+
+def dist_version(name):
+    """The installed version of distribution ``name``, or None."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def out_stem(out):

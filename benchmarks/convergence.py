@@ -48,7 +48,6 @@ import threading
 import time
 import traceback
 import uuid
-from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -59,7 +58,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import serf_reference  # noqa: E402  (benchmarks/ is not a package)
-from common import open_event_stream, out_stem, raise_on_sigterm, say, write_results  # noqa: E402
+from common import dist_version, open_event_stream, out_stem, raise_on_sigterm, say, write_results  # noqa: E402
 from machine import machine_facts  # noqa: E402  (shared by every benchmark)
 from serf_reference import (  # noqa: E402,F401  (re-exported for run_peernet)
     DEFAULT_TIMEOUT_S, MAX_AGENTS, SerfUnavailable, percentile, run_serf,
@@ -279,7 +278,7 @@ def run_peernet(n, rounds, *, timeout_s=DEFAULT_TIMEOUT_S, log=None, gap_s=PEERN
     t_start = time.monotonic()
     run_id = uuid.uuid4().hex[:8]
     workdir = tempfile.mkdtemp(prefix="peernet-conv-")
-    result = {"tool": "peernet", "version": {"peernet": _dist_version("peernet")},
+    result = {"tool": "peernet", "version": {"peernet": dist_version("peernet")},
               "n": n, "rounds": rounds, "timeout_s": timeout_s, "gap_s": gap_s,
               "workdir": workdir}
     net = DevNet(workdir, broadcasting=0, silent=0, bootstrap=False)
@@ -487,13 +486,6 @@ def run_peernet(n, rounds, *, timeout_s=DEFAULT_TIMEOUT_S, log=None, gap_s=PEERN
     return result
 
 
-def _dist_version(dist):
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 # ==========================================================================
 # report
 # ==========================================================================
@@ -501,10 +493,7 @@ def _dist_version(dist):
 def package_versions():
     out = {}
     for dist in ("peernet", "twisted", "autobahn", "msgpack", "cryptography"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
+        out[dist] = dist_version(dist)
     info = serf_reference.serf_version()
     out["serf (deb)"] = info.get("debian_package")
     out["serf version"] = info.get("serf_version")

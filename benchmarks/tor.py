@@ -51,7 +51,6 @@ import tempfile
 import threading
 import time
 import traceback
-from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -60,7 +59,7 @@ RESULTS_DIR = HERE / "results"
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from common import out_stem, raise_on_sigterm, say, write_results  # noqa: E402
+from common import dist_version, out_stem, raise_on_sigterm, say, write_results  # noqa: E402
 from machine import machine_facts  # noqa: E402  (shared by every benchmark)
 
 FRAME_BYTES = 400
@@ -438,13 +437,6 @@ def run_reactor(coro_fn):
     return box.get("value")
 
 
-def _dist_version(name):
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def versions():
     import subprocess
 
@@ -452,8 +444,8 @@ def versions():
     import libtorrent as lt
     first = (tor.stdout.splitlines() or ["?"])[0]
     return {"tor": first.replace("Tor version", "").strip().rstrip("."),
-            "libtorrent": lt.__version__, "txtorcon": _dist_version("txtorcon"),
-            "twisted": _dist_version("twisted"), "autobahn": _dist_version("autobahn")}
+            "libtorrent": lt.__version__, "txtorcon": dist_version("txtorcon"),
+            "twisted": dist_version("twisted"), "autobahn": dist_version("autobahn")}
 
 
 def _fmt(v, unit=""):

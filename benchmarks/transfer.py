@@ -63,10 +63,9 @@ import tempfile
 import threading
 import time
 import traceback
-from importlib import metadata
 from pathlib import Path
 from common import (  # shared by every benchmark
-    cpu_seconds, open_event_stream, out_stem, raise_on_sigterm, say, write_results)
+    cpu_seconds, dist_version, open_event_stream, out_stem, raise_on_sigterm, say, write_results)
 from machine import machine_facts as shared_machine_facts  # shared by every benchmark
 
 HERE = Path(__file__).resolve().parent
@@ -717,10 +716,7 @@ def versions():
 
     out = {"libtorrent": lt.__version__}
     for dist in ("peernet", "twisted"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
+        out[dist] = dist_version(dist)
     return out
 
 

@@ -29,6 +29,19 @@ def twist_command():
     return [twist] if os.path.exists(twist) else [sys.executable, "-m", "twisted"]
 
 
+
+def stop_process(proc, sig=signal.SIGTERM, timeout=15):
+    """Send ``sig`` to a running ``proc`` and wait up to ``timeout`` s for it
+    to exit, then SIGKILL it (and reap it)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
 class NodeProcess:
     """One ``twist`` subprocess with its own log file."""
 
@@ -83,14 +96,8 @@ class NodeProcess:
         raise RuntimeError(f"{self.name}: {pattern!r} not seen in {timeout} s")
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
-        if not self.running():
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, sig, timeout)
 
     def kill9(self):
         self.stop(signal.SIGKILL)

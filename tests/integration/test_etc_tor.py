@@ -9,7 +9,6 @@ import os
 import pathlib
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,8 @@ import pytest_twisted
 import txtorcon
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import clientFromString
+
+from peernet.devnet import stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -130,9 +131,4 @@ def test_a_tor_started_from_the_example_serves_the_peer(tmp_path):
         assert "127.0.0.1:auto IsolateDestAddr IsolateDestPort" in str(socks)
         yield state.protocol.quit()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, timeout=10)

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from peernet.devnet import BootstrapNode, DevNet, PeerNode, twist_command
+from peernet.devnet import BootstrapNode, DevNet, PeerNode, stop_process, twist_command
 from pg_fixture import PostgresCluster
 
 pytestmark = pytest.mark.slow
@@ -196,12 +196,7 @@ def run_json(tmp_path, name, args, wanted, timeout=30, while_running=None):
             time.sleep(0.1)
         raise AssertionError(f"{name}: expected events not logged:\n{log.read_text()[-2000:]}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def test_json_logs_carry_structured_fields(tmp_path):

@@ -27,6 +27,8 @@ import urllib.request
 
 import pytest
 
+from peernet.devnet import stop_process
+
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNITS = os.path.join(ROOT, "etc", "systemd")
@@ -257,13 +259,7 @@ def start(argv, cwd, log_path, keys, unit, tmp_path):
 
 
 def stop(proc, timeout=15):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_process(proc, timeout=timeout)
 
 
 def log_match(path, pattern, proc, timeout=60):

@@ -51,7 +51,7 @@ import time
 
 import pytest
 
-from peernet.devnet import BootstrapNode, PeerNode
+from peernet.devnet import BootstrapNode, PeerNode, stop_process
 from peernet.records import verify_signed_record
 from peernet.tor.testnet import _die_with_parent, log_tail, tor_binary
 
@@ -171,13 +171,7 @@ class SystemTor:
         raise AssertionError("the system tor did not bootstrap:\n" + log_tail(self.log_path))
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def bootstrap_onion_lines(base, port):

@@ -182,3 +182,21 @@ def test_flood_then_eager_mesh_beats_random_fanout_at_few_duplicates(monkeypatch
         exclude={src.id}, count=self.fanout, lacking=h))
     t100_fanout, _, _ = _spread()
     assert t100 < t100_fanout
+
+
+def test_a_hello_with_a_malformed_eager_flag_is_refused_and_the_link_stays_unready():
+    import msgpack
+
+    from peernet.gossip.core import Penalty
+
+    hub = Hub()
+    peer = _core(hub.clock, 77, index=77)
+    hub.me.link_opened("bad", False, peer.identity.peer_id)
+    body = {"id": bytes(16), "ts": int(hub.clock.seconds() * 1000),
+            "versions": [constants.PROTOCOL_VERSION], "bc": False, "repos": 0,
+            "digest": bytes(16), "n": 0, "eager": "yes"}
+    actions = hub.me.receive("bad", codec.encode(T.HELLO, 0, msgpack.packb(body, use_bin_type=True)))
+    assert [a.code for a in actions if isinstance(a, Penalty)] == ["malformed"]
+    assert "eager must be true or false" in actions[0].detail
+    link = hub.me.links["bad"]
+    assert not link.hello_received and not link.eager

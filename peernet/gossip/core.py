@@ -64,33 +64,36 @@ ASK_BACK_AFTER = 5.0
 RELAY_WINDOW_MARGIN = 5.0
 
 # -- actions ------------------------------------------------------------------------
+# Plain slotted dataclasses, not frozen: a frozen one is built through
+# object.__setattr__ per field (2.5x slower), and a relayed push makes four or
+# five of them.  Nothing changes an action once made.
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Send:
     link: object
     frame: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Close:
     link: object
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TableChange:
     kind: str  # "added", "updated", "refreshed", "removed"
     peer_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SearchAnswer:
     request_id: bytes
     peer_ids: tuple
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Penalty:
     """The remote end of ``link`` sent something invalid or abusive."""
 
@@ -237,6 +240,10 @@ class GossipCore:
         self._repos = list(repos)
         self._version = 0
         self._next_expiry_check = 0.0
+        #: the links whose HELLO arrived, in link order (None: rebuild)
+        self._ready = None
+        #: next_wakeup()'s answer while no deadline moved earlier (None: rescan)
+        self._wakeup = None
         if broadcasting:
             self._issue_record(broadcasting=True, bump=True)
 
@@ -276,6 +283,7 @@ class GossipCore:
         entry = entry_from_wire(record_bytes, b64decode(signed["signature"], "signature"), self.now())
         self.own = entry
         self.broadcasting = broadcasting
+        self._wakeup = None  # the refresh is due at another time
         self.table.offer(entry, self.now())
         return entry
 
@@ -343,6 +351,7 @@ class GossipCore:
         link.eager = outbound and sum(
             1 for l in self.links.values() if l.outbound and l.eager) < constants.EAGER_LINKS
         self.links[link_id] = link
+        self._wakeup = None
         body = {
             "id": self._random_id(), "ts": self.now_ms(),
             "versions": [constants.PROTOCOL_VERSION], "bc": self.broadcasting,
@@ -361,12 +370,18 @@ class GossipCore:
         link = self.links.pop(link_id, None)
         if link is None:
             return []
+        self._ready = self._wakeup = None
         for rid in [r for r, (lid, _) in self.routes.items() if lid == link_id]:
             del self.routes[rid]
         return []
 
     def _ready_links(self):
-        return [l for l in self.links.values() if l.hello_received]
+        # Asked two or three times per relayed push: kept until a link opens,
+        # closes or says HELLO.  Callers must not change the list.
+        ready = self._ready
+        if ready is None:
+            ready = self._ready = [l for l in self.links.values() if l.hello_received]
+        return ready
 
     def _send(self, link, frame, mtype):
         self.stats.sent += 1
@@ -380,7 +395,11 @@ class GossipCore:
         link = self.links.get(link_id)
         if link is None:
             return []
-        now = link.last_heard = self.now()
+        now = self.now()
+        if (self._wakeup is not None and link.hello_received
+                and link.last_heard + constants.LINK_DEAD_AFTER <= self._wakeup):
+            self._wakeup = None  # that deadline moves later now
+        link.last_heard = now
         stats = self.stats
         stats.received += 1
         try:
@@ -422,6 +441,7 @@ class GossipCore:
             link.mark_known(entry.hash)
             actions += self._apply(entry, source=link)
         link.hello_received = True
+        self._ready = self._wakeup = None
         link.eager = link.eager or body.get("eager", False)
         link.remote_broadcasting = body["bc"]
         link.remote_digest = body["digest"]
@@ -583,6 +603,8 @@ class GossipCore:
                 continue
             if link.ping_due is None:
                 link.ping_due = due
+                if self._wakeup is not None and due < self._wakeup:
+                    self._wakeup = due
             # Name the change in the ping, so the neighbour pulls exactly it.
             if entry.peer_id in link.recent or len(link.recent) < codec.MAX_RECENT:
                 link.recent[entry.peer_id] = entry.order
@@ -704,7 +726,23 @@ class GossipCore:
     # -- time passing -------------------------------------------------------------------
 
     def next_wakeup(self):
-        """The earliest time tick() has something to do."""
+        """The earliest time tick() has something to do.
+
+        Kept between calls (the transport asks after every frame) and dropped
+        whenever a deadline can have moved earlier: a link opened, closed or
+        said HELLO, a digest ping was scheduled, the own record was re-issued,
+        a tick ran, or the link whose silence deadline was the answer spoke.
+        Code that changes a link's timers from outside calls
+        :meth:`timers_changed`."""
+        if self._wakeup is None:
+            self._wakeup = self._scan_wakeup()
+        return self._wakeup
+
+    def timers_changed(self):
+        """Link timers were set from outside the core (the simulator)."""
+        self._wakeup = None
+
+    def _scan_wakeup(self):
         times = [self._next_expiry_check]
         for link in self.links.values():
             times.append(link.last_heartbeat_sent + constants.HEARTBEAT_INTERVAL)
@@ -725,6 +763,7 @@ class GossipCore:
     def tick(self):
         """Do what is due: digest pings, heartbeats, dead links, expiry, refresh."""
         now = self.now()
+        self._wakeup = None
         actions = []
         digest = self.table.digest()
         for link in list(self.links.values()):
@@ -775,4 +814,5 @@ class GossipCore:
         if self.broadcasting and self.own is not None and now >= self._refresh_due():
             actions += self._publish(MessageType.PEER_ANNOUNCEMENT,
                                      self._issue_record(True, bump=False))
+        self._wakeup = None  # timers moved
         return actions

@@ -223,6 +223,7 @@ class SimNetwork(LinkedCores):
         for nd in self.nodes:
             for link in nd.core.links.values():
                 link.last_heartbeat_sent = now - self.rng.random() * constants.HEARTBEAT_INTERVAL
+            nd.core.timers_changed()
             self._schedule(nd)
 
     def random_graph(self, degree_out):

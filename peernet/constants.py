@@ -60,8 +60,12 @@ LINK_DEAD_AFTER = 3 * HEARTBEAT_INTERVAL + 5
 #: MAX_RECORD_LIFETIME; docs/protocol.md, "Records") ...
 RECORD_LIFETIME = 2 * 3600
 #: ... and its owner signs a fresh copy (same version) every lifetime /
-#: LIFETIME_REFRESHES, never more often than this.
+#: LIFETIME_REFRESHES, never more often than this (less REFRESH_JITTER).
 RECORD_REFRESH_INTERVAL = 30 * 60
+#: Each refresh comes a random 0 to 10 % of the interval early, drawn anew
+#: for every copy signed: peers that started together (a restarted network,
+#: a data-centre reboot) do not refresh in lockstep for ever after.
+REFRESH_JITTER = 0.1
 #: Refreshes an owner signs within one lifetime of its record (the copies a
 #: holder can miss in a row, minus one, before the record lapses there).
 LIFETIME_REFRESHES = 4

@@ -233,10 +233,13 @@ def test_the_owner_refreshes_on_its_declared_schedule():
     owner = nodes[0]
     first = owner.core.own
     assert "lifetime" not in first.record  # 2 peers: the default lifetime, no field
-    run(clock, constants.RECORD_REFRESH_INTERVAL - 5, step=0.25)
+    early = constants.REFRESH_JITTER * constants.RECORD_REFRESH_INTERVAL
+    run(clock, constants.RECORD_REFRESH_INTERVAL - early - 5, step=0.25)
     assert owner.core.own is first
-    run(clock, 10)
+    run(clock, early + 10)
     assert owner.core.own is not first
+    took = (owner.core.own.record["issued_at"] - first.record["issued_at"]) / 1000
+    assert constants.RECORD_REFRESH_INTERVAL - early <= took <= constants.RECORD_REFRESH_INTERVAL + 0.25
     assert owner.core.own.record["version"] == first.record["version"]
     assert owner.core.own.record["issued_at"] > first.record["issued_at"]
     # The neighbour took the refresh (push) and its digest did not move.
@@ -254,7 +257,9 @@ def test_a_large_table_makes_the_owner_declare_a_longer_lifetime_and_tombstones_
     core.tick()
     own = core.own.record
     assert own["lifetime"] == lifetime_for(n) == 4 * n * constants.REFRESH_SECONDS_PER_PEER
-    assert core._refresh_due() == own["issued_at"] / 1000 + n * constants.REFRESH_SECONDS_PER_PEER
+    interval = n * constants.REFRESH_SECONDS_PER_PEER
+    assert (own["issued_at"] / 1000 + (1 - constants.REFRESH_JITTER) * interval
+            <= core._refresh_due() <= own["issued_at"] / 1000 + interval)
     assert core.next_wakeup() <= core._refresh_due()
     # The others lapse (the table is small again); a tombstone issued now
     # still lives as long as the last live record did.
@@ -352,7 +357,7 @@ def test_an_idle_network_over_two_refresh_rounds_sends_heartbeats_and_pushes_onl
     # at its latest issue or an older issue of the same version.
     for n in nodes:
         assert n.core.own.record["version"] == first[n.index].record["version"]
-        assert n.core.own.record["issued_at"] >= first[n.index].record["issued_at"] + 2 * 1800 * 1000
+        assert n.core.own.record["issued_at"] >= first[n.index].record["issued_at"] + 2 * 0.9 * 1800 * 1000
         for other in nodes:
             e = n.core.table.get(other.core.identity.peer_id)
             assert e is not None and e.record["version"] == other.core.own.record["version"]
@@ -436,3 +441,28 @@ def test_a_pushed_record_with_an_out_of_range_lifetime_is_refused_with_a_penalty
         acts = b.core.receive(link_id, codec.encode(T.PEER_ANNOUNCEMENT, 5, body))
         assert [type(x).__name__ for x in acts] == ["Penalty"] and acts[0].code == "invalid_body"
         assert owner.peer_id not in b.core.table
+
+
+def test_refreshes_of_owners_that_started_together_drift_apart():
+    """No lockstep: every copy is re-signed a random 0-10 % of the interval
+    early, so owners started in the same second refresh at different times,
+    and drift further apart each round."""
+    clock = clock_at()
+    cores = [GossipCore(NodeIdentity.generate(), clock, random.Random(seed), broadcasting=True,
+                        addresses=ADDR) for seed in range(20)]
+    interval = constants.RECORD_REFRESH_INTERVAL
+    spreads = []
+    for _ in range(3):
+        for c in cores:
+            issued = c.own.record["issued_at"] / 1000
+            assert issued + (1 - constants.REFRESH_JITTER) * interval <= c._refresh_due() <= issued + interval
+        last = max(c._refresh_due() for c in cores)
+        while clock.seconds() < last:  # each owner ticks when it is due, as the transport does
+            clock.advance(min(1.0, max(0.001, min(c.next_wakeup() for c in cores) - clock.seconds())))
+            for c in cores:
+                if c.next_wakeup() <= clock.seconds():
+                    c.tick()
+        issued = sorted(c.own.record["issued_at"] / 1000 for c in cores)
+        spreads.append(issued[-1] - issued[0])
+    assert spreads[0] > 0.03 * interval  # 20 draws spread over 10 % of it
+    assert spreads[2] > spreads[0]

@@ -244,6 +244,9 @@ class GossipCore:
         self._ready = None
         #: next_wakeup()'s answer while no deadline moved earlier (None: rescan)
         self._wakeup = None
+        #: the share of the refresh interval after which the own record is
+        #: re-signed, drawn per copy in [1 - REFRESH_JITTER, 1]
+        self._refresh_share = 1.0
         if broadcasting:
             self._issue_record(broadcasting=True, bump=True)
 
@@ -283,6 +286,7 @@ class GossipCore:
         entry = entry_from_wire(record_bytes, b64decode(signed["signature"], "signature"), self.now())
         self.own = entry
         self.broadcasting = broadcasting
+        self._refresh_share = 1.0 - constants.REFRESH_JITTER * self.rng.random()
         self._wakeup = None  # the refresh is due at another time
         self.table.offer(entry, self.now())
         return entry
@@ -756,9 +760,11 @@ class GossipCore:
 
     def _refresh_due(self):
         """When the own record is re-signed: LIFETIME_REFRESHES times per
-        the lifetime it declares (every 30 min for the default 2 h)."""
+        the lifetime it declares (every 30 min for the default 2 h), each
+        time a random 0-10 % early (REFRESH_JITTER), so owners that started
+        together drift apart instead of refreshing in lockstep."""
         return (self.own.record["issued_at"] / 1000.0
-                + self.own.lifetime / constants.LIFETIME_REFRESHES)
+                + self.own.lifetime / constants.LIFETIME_REFRESHES * self._refresh_share)
 
     def tick(self):
         """Do what is due: digest pings, heartbeats, dead links, expiry, refresh."""

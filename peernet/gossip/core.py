@@ -56,6 +56,12 @@ from peernet.records import b64decode, b64encode, canonical_json, make_record
 
 #: A sync request is asked back only if we started none on that link this recently.
 ASK_BACK_AFTER = 5.0
+#: One bucket sync at a time per node: the next waits until the one in
+#: progress had no answer frame for this long (or got none for SYNC_TIMEOUT).
+#: A newcomer says HELLO on all its links at once and every digest differs;
+#: synced from all of them at once, it would take the whole table from each.
+SYNC_SETTLE = 1.0
+SYNC_TIMEOUT = 5.0
 #: A message is relayed only while this much of the timestamp window is left.
 #: Relayed at the very edge, it would reach the next node outside the window
 #: and cost the *honest relay* a penalty: an attacker sending messages 29 s
@@ -132,6 +138,8 @@ class LinkState:
     penalties: int = 0
     #: pushes past the flood phase go over eager links (either end marked it)
     eager: bool = False
+    #: a bucket sync wanted while another link's was in progress
+    sync_deferred: bool = False
 
     def mark_known(self, h):
         self.known[h] = None
@@ -244,6 +252,10 @@ class GossipCore:
         self._ready = None
         #: next_wakeup()'s answer while no deadline moved earlier (None: rescan)
         self._wakeup = None
+        #: the link of the bucket sync in progress, and until when it counts
+        #: as in progress (SYNC_TIMEOUT, then SYNC_SETTLE after each answer)
+        self._sync_link = None
+        self._sync_busy_until = 0.0
         #: the share of the refresh interval after which the own record is
         #: re-signed, drawn per copy in [1 - REFRESH_JITTER, 1]
         self._refresh_share = 1.0
@@ -375,6 +387,8 @@ class GossipCore:
         if link is None:
             return []
         self._ready = self._wakeup = None
+        if link_id == self._sync_link:
+            self._sync_link = None  # a deferred sync may start at once
         for rid in [r for r, (lid, _) in self.routes.items() if lid == link_id]:
             del self.routes[rid]
         return []
@@ -510,6 +524,11 @@ class GossipCore:
             actions += self._apply(entry, source=link)
         if rid in link.sync_ids:
             link.sync_outstanding_since = None
+            if link.id == self._sync_link:
+                # More answer frames may follow: the sync settles SYNC_SETTLE
+                # after the last one.
+                self._sync_busy_until = self.now() + SYNC_SETTLE
+                self._wakeup = None
             return actions
         if rid in self.my_requests:
             peer_ids = tuple(e.peer_id for e in entries if not e.is_tombstone)
@@ -657,8 +676,21 @@ class GossipCore:
 
     def _start_sync(self, link):
         now = self.now()
-        if link.sync_outstanding_since is not None and now - link.sync_outstanding_since < 5.0:
+        if link.sync_outstanding_since is not None and now - link.sync_outstanding_since < SYNC_TIMEOUT:
             return []
+        if (self._sync_link is not None and self._sync_link != link.id
+                and now < self._sync_busy_until):
+            # One sync at a time: this one waits for the one in progress, and
+            # goes only if our digest still differs from the link's then
+            # (tick), which after a newcomer's first sync it mostly does not.
+            if not link.sync_deferred:
+                link.sync_deferred = True
+                self._wakeup = None
+            return []
+        link.sync_deferred = False
+        self._sync_link = link.id
+        self._sync_busy_until = now + SYNC_TIMEOUT
+        self._wakeup = None
         body = codec.encode_body(MessageType.PEER_REQUEST, {
             "id": self._random_id(), "ts": self.now_ms(),
             "sync": self.table.bucket_hashes()})
@@ -670,6 +702,21 @@ class GossipCore:
             link.sync_ids.popitem(last=False)
         return [self._send(link, codec.encode(MessageType.PEER_REQUEST, 0, body),
                            MessageType.PEER_REQUEST)]
+
+    def _start_deferred_sync(self):
+        """The first deferred link whose digest still differs from ours syncs;
+        the others whose digest now agrees are done."""
+        digest = self.table.digest()
+        for link in self._ready_links():
+            if not link.sync_deferred:
+                continue
+            if link.remote_digest == digest:
+                link.sync_deferred = False
+                continue
+            actions = self._start_sync(link)
+            if actions:
+                return actions
+        return []
 
     def _answer_sync(self, link, msg):
         differing = self.table.differing_buckets(msg.body["sync"])
@@ -756,6 +803,8 @@ class GossipCore:
                 times.append(link.ping_due)
         if self.broadcasting and self.own is not None:
             times.append(self._refresh_due())
+        if any(l.sync_deferred for l in self.links.values()):
+            times.append(self._sync_busy_until)
         return min(times)
 
     def _refresh_due(self):
@@ -809,6 +858,8 @@ class GossipCore:
                 actions.append(self._send(
                     link, codec.encode(MessageType.HEARTBEAT, constants.TTL_HEARTBEAT, body),
                     MessageType.HEARTBEAT))
+        if now >= self._sync_busy_until or self._sync_link not in self.links:
+            actions += self._start_deferred_sync()
         if now >= self._next_expiry_check:
             self._next_expiry_check = now + 1.0
             for peer_id in self.table.expire(now):

@@ -48,10 +48,15 @@ FANOUT = 3
 #: phase a push travels over eager links only: they form a connected mesh
 #: (a random 2-out graph), so the push reaches every peer deterministically.
 EAGER_LINKS = 2
-#: After pushing, a node tells the neighbours it did not push to its new
-#: table digest this much later (coalesced), so a neighbour the random push
-#: missed pulls the record at once instead of at the next heartbeat.
+#: After a change, a node tells the neighbours not known to hold it (digest
+#: ping naming the change, coalesced per link) DIGEST_PING_DELAY plus a random
+#: 0 to DIGEST_PING_SPREAD later, so a neighbour the push missed pulls the
+#: record at once instead of at the next heartbeat.  The spread breaks the tie
+#: between two neighbours that got the change at about the same time: the
+#: first one's ping tells the other it holds it, and the other's ping to it
+#: is not sent (LinkState.holds): a quarter fewer pings (docs/protocol.md).
 DIGEST_PING_DELAY = 0.05
+DIGEST_PING_SPREAD = 0.45
 HEARTBEAT_INTERVAL = 30.0
 #: A link that has been silent this long (missed heartbeats) is closed.
 LINK_DEAD_AFTER = 3 * HEARTBEAT_INTERVAL + 5

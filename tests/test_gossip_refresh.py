@@ -18,6 +18,7 @@ from peernet import constants
 from peernet.errors import BadRequest
 from peernet.gossip import codec
 from peernet.gossip.codec import MessageType as T
+from peernet.gossip import core as core_module
 from peernet.gossip.core import GossipCore, Send
 from peernet.gossip.memnet import MemoryNetwork
 from peernet.gossip.table import (PeerTable, entry_from_wire, lifetime_for, record_lifetime,
@@ -288,10 +289,16 @@ def test_a_ping_naming_a_newer_issue_of_a_version_we_hold_asks_for_nothing():
     # Same version, a later issue: b holds that version, nothing to ask.
     acts = b.core.receive(link_id, heartbeat_frame(clock, other_digest, [[bytes.fromhex(pid), v, ia + 60_000]]))
     assert acts == []
-    # A newer version named: b asks for exactly that record.
+    clock.advance(core_module.ASK_DELAY)
+    assert not [x for x in b.core.tick() if isinstance(x, Send) and x.link == link_id
+                and codec.decode(x.frame).type is T.PEER_REQUEST]
+    # A newer version named: b asks for exactly that record, ASK_DELAY later
+    # (if no push brought it meanwhile).
     acts = b.core.receive(link_id, heartbeat_frame(clock, other_digest, [[bytes.fromhex(pid), v + 1, ia]]))
-    frames = [codec.decode(x.frame) for x in acts]
-    assert [(f.type, f.body.get("peer")) for f in frames] == [(T.PEER_REQUEST, pid)]
+    assert acts == []
+    clock.advance(core_module.ASK_DELAY)
+    frames = [codec.decode(x.frame) for x in b.core.tick() if isinstance(x, Send) and x.link == link_id]
+    assert [(f.type, f.body.get("peer")) for f in frames if f.type is T.PEER_REQUEST] == [(T.PEER_REQUEST, pid)]
 
 
 def test_an_expired_copy_comes_back_from_a_neighbour_once_and_no_sync_loop_follows():

@@ -62,6 +62,22 @@ ASK_BACK_AFTER = 5.0
 #: synced from all of them at once, it would take the whole table from each.
 SYNC_SETTLE = 1.0
 SYNC_TIMEOUT = 5.0
+#: A record a digest ping names and we lack is asked for this long after the
+#: ping, and only if it is still lacking then: the ping mostly arrives while
+#: the push of the same change is still on its way (a wave takes ~0.25-0.4 s
+#: over 50 ms links at 1 000-100 000 peers), and asking at once fetched the
+#: record a second time.  One ask per record, whichever links named it; if
+#: its answer does not bring it, the next naming links (in turn, one more
+#: each round: 1, 2, 3 ...) are asked ASK_RETRY later, then twice as long
+#: each time, ASK_TRIES rounds at most (then the heartbeats' bucket sync):
+#: rounds at +0.25, 0.5, 1.0, 2.0, 4.0 s.
+ASK_DELAY = 0.25
+ASK_RETRY = 0.25
+ASK_TRIES = 5
+#: Wanted records (named by pings, not held yet) kept at most.
+MAX_WANTS = 1024
+#: Per link: which versions of whose records it said it holds (digest pings).
+MAX_HOLDS = 4096
 #: A message is relayed only while this much of the timestamp window is left.
 #: Relayed at the very edge, it would reach the next node outside the window
 #: and cost the *honest relay* a penalty: an attacker sending messages 29 s
@@ -140,6 +156,9 @@ class LinkState:
     eager: bool = False
     #: a bucket sync wanted while another link's was in progress
     sync_deferred: bool = False
+    #: peer_id -> version this link named in a digest ping: it holds that
+    #: version, so no ping of ours need name it
+    holds: dict = field(default_factory=dict)
 
     def mark_known(self, h):
         self.known[h] = None
@@ -256,6 +275,9 @@ class GossipCore:
         #: as in progress (SYNC_TIMEOUT, then SYNC_SETTLE after each answer)
         self._sync_link = None
         self._sync_busy_until = 0.0
+        #: records digest pings named that we lack: peer_id -> [version,
+        #: when to ask, link ids that named it, asks sent] (ASK_DELAY)
+        self._wants = OrderedDict()
         #: the share of the refresh interval after which the own record is
         #: re-signed, drawn per copy in [1 - REFRESH_JITTER, 1]
         self._refresh_share = 1.0
@@ -546,9 +568,19 @@ class GossipCore:
 
     def _handle_heartbeat(self, link, msg):
         link.remote_digest = msg.body["digest"]
+        recent = msg.body.get("recent")
+        if recent:
+            # A digest ping names changes its sender holds: no ping of ours
+            # need name them on this link (whether or not we hold them yet).
+            holds = link.holds
+            for peer_id_bytes, version, _ in recent:
+                peer_id = peer_id_bytes.hex()
+                if holds.get(peer_id, -1) < version:
+                    holds[peer_id] = version
+                    if len(holds) > MAX_HOLDS:
+                        del holds[next(iter(holds))]
         if link.remote_digest == self.table.digest():
             return []
-        recent = msg.body.get("recent")
         if not recent:
             return self._start_sync(link)
         # A digest ping naming what changed: ask for exactly those records we
@@ -556,12 +588,50 @@ class GossipCore:
         # difference is left to the next regular heartbeat's bucket sync.
         # Digests hold identities, not issue times: a copy of the named
         # version, whatever its issued_at, is not lacking.
-        actions = []
-        for peer_id_bytes, version, issued_at in recent:
+        for peer_id_bytes, version, _ in recent:
             peer_id = peer_id_bytes.hex()
             entry = self.table.get(peer_id)
             if entry is None or entry.record["version"] < version:
-                actions += self._ask_for_record(link, peer_id)
+                self._want(peer_id, version, link)
+        return []
+
+    def _want(self, peer_id, version, link):
+        """A ping named a record we lack: ask for it ASK_DELAY from now if the
+        push has not brought it by then (tick)."""
+        want = self._wants.get(peer_id)
+        if want is None or want[0] < version:
+            due = self.now() + ASK_DELAY
+            self._wants[peer_id] = [version, due, [link.id], 0]
+            if len(self._wants) > MAX_WANTS:
+                self._wants.popitem(last=False)
+            if self._wakeup is not None and due < self._wakeup:
+                self._wakeup = due
+        elif want[0] == version and link.id not in want[2]:
+            want[2].append(link.id)
+
+    def _ask_wanted(self, now):
+        actions = []
+        for peer_id, want in list(self._wants.items()):
+            version, due, link_ids, tries = want
+            if due > now:
+                continue
+            entry = self.table.get(peer_id)
+            if entry is not None and entry.record["version"] >= version:
+                del self._wants[peer_id]  # the push (or a sync) brought it
+                continue
+            # the naming links in turn, one more each round (those gone dropped)
+            asked = []
+            while link_ids and len(asked) <= tries:
+                link = self.links.get(link_ids.pop(0))
+                if link is not None and link.hello_received:
+                    asked.append(link.id)
+                    actions += self._ask_for_record(link, peer_id)
+            link_ids.extend(asked)
+            tries += 1
+            if link_ids and tries < ASK_TRIES:
+                want[1], want[3] = now + ASK_RETRY * 2 ** (tries - 1), tries
+            else:
+                del self._wants[peer_id]
         return actions
 
     def _ask_for_record(self, link, peer_id):
@@ -620,9 +690,10 @@ class GossipCore:
             # Same identity, so no digest changed: nothing for a ping to name
             # and nothing for a neighbour to sync.  The push carries it.
             return actions
-        due = self.now() + constants.DIGEST_PING_DELAY
+        due = self.now() + constants.DIGEST_PING_DELAY + constants.DIGEST_PING_SPREAD * self.rng.random()
+        version = entry.record["version"]
         for link in self._ready_links():
-            if link is source or entry.hash in link.known:
+            if link is source or entry.hash in link.known or link.holds.get(entry.peer_id, -1) >= version:
                 continue
             if link.ping_due is None:
                 link.ping_due = due
@@ -641,6 +712,8 @@ class GossipCore:
         return abs(skew) <= constants.CLOCK_SKEW_SECONDS - RELAY_WINDOW_MARGIN
 
     def _link_holds(self, link, peer_id, order):
+        if link.holds.get(peer_id, -1) >= order[0]:
+            return True  # it named that version (or a newer) in a digest ping
         entry = self.table.get(peer_id)
         return entry is not None and entry.order == order and entry.hash in link.known
 
@@ -805,6 +878,8 @@ class GossipCore:
             times.append(self._refresh_due())
         if any(l.sync_deferred for l in self.links.values()):
             times.append(self._sync_busy_until)
+        if self._wants:
+            times.append(min(w[1] for w in self._wants.values()))
         return min(times)
 
     def _refresh_due(self):
@@ -860,6 +935,8 @@ class GossipCore:
                     MessageType.HEARTBEAT))
         if now >= self._sync_busy_until or self._sync_link not in self.links:
             actions += self._start_deferred_sync()
+        if self._wants:
+            actions += self._ask_wanted(now)
         if now >= self._next_expiry_check:
             self._next_expiry_check = now + 1.0
             for peer_id in self.table.expire(now):

@@ -19,14 +19,20 @@ and applies the same rules as ``peernet.gossip.core.GossipCore``:
   ``fanout`` random links other than the source that are not known to hold
   it (marked known); any other push is a duplicate;
 * every table change (push or sync answer) schedules a digest ping
-  ``DIGEST_PING_DELAY`` later on every link other than the source that is not
-  known to hold the record (coalesced: one per link);
+  ``DIGEST_PING_DELAY`` plus a random 0 to ``DIGEST_PING_SPREAD`` later on
+  every link other than the source that is not known to hold the record and
+  has not named it in a ping of its own (coalesced: one per link);
 * a digest ping names the change (HEARTBEAT ``recent``; one record tracked,
-  so never more than 8): a receiver whose digest differs and which lacks the
-  named record asks for exactly it with a link-local PEER_REQUEST ``peer``
-  (one per ping received, none deduplicated across links, as the core does),
-  answered by a PEER_LIST_RESPONSE carrying that one record; the answer also
-  clears the link's outstanding-sync mark (core: its id is in ``sync_ids``);
+  so never more than 8); its receiver notes that the sender holds it (no ping
+  of its own names it on that link: core ``LinkState.holds``); a receiver
+  whose digest differs and which lacks the named record asks for exactly it
+  with a link-local PEER_REQUEST ``peer`` ``ASK_DELAY`` after the first ping
+  naming it, if the push has not brought it by then (one ask whichever links
+  named it; while still lacking, the naming links in turn, one more each
+  round, ``ASK_RETRY`` later, doubling, ``ASK_TRIES`` rounds at most: core
+  ``_want``), answered by a PEER_LIST_RESPONSE carrying that one record; the
+  answer also clears the link's outstanding-sync mark (core: its id is in
+  ``sync_ids``);
 * every heartbeat, ping or regular, restarts that link's HEARTBEAT_INTERVAL
   timer (``last_heartbeat_sent``), and a regular heartbeat that falls due
   while a ping is pending replaces it (no ``recent``);
@@ -71,17 +77,18 @@ from dataclasses import dataclass
 from peernet import constants
 from peernet.gossip import codec
 from peernet.gossip.codec import MessageType
+from peernet.gossip.core import ASK_DELAY, ASK_RETRY, ASK_TRIES
 from peernet.sim.models import FREE_CPU, FRAME_OVERHEAD_BYTES, Fixed
 
 # event kinds
 (PUSH, HB, SREQ, SRESP, PINGS, HBT, ML_MSG, ML_TICK, GS_MSG, GS_TICK, GS_IHAVE, GS_IWANT, PUB,
- AREQ, ARESP) = range(15)
+ AREQ, ARESP, ASKT) = range(16)
 KIND_NAMES = ["push", "heartbeat", "sync_req", "sync_resp", "pings", "hb_timer", "ml_msg",
               "ml_tick", "gs_msg", "gs_tick", "gs_ihave", "gs_iwant", "publish",
-              "ask_req", "ask_resp"]
-TIMERS = (PINGS, HBT, ML_TICK, GS_TICK)
+              "ask_req", "ask_resp", "ask_timer"]
+TIMERS = (PINGS, HBT, ML_TICK, GS_TICK, ASKT)
 #: kinds that are frames received by a peer (the rest are timers)
-FRAME_KINDS = frozenset(k for k in range(15) if k not in TIMERS and k != PUB)
+FRAME_KINDS = frozenset(k for k in range(16) if k not in TIMERS and k != PUB)
 SYNC_RETRY = 5.0  # core._start_sync: no second sync on a link within 5 s
 
 
@@ -108,6 +115,7 @@ class Variant:
     heartbeats: bool = True
     recent: bool = True
     ping_delay: float = constants.DIGEST_PING_DELAY
+    ping_spread: float = constants.DIGEST_PING_SPREAD
     hb_interval: float = constants.HEARTBEAT_INTERVAL
     interval: float = 0.2
     retransmit_mult: int = 4
@@ -274,6 +282,8 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
     hops = [None] * n
     via = [None] * n
     known = {}  # v -> set of neighbours known to hold the record
+    told = {}  # v -> neighbours that named the record in a digest ping (core LinkState.holds)
+    wants = {}  # v -> [neighbours to ask, in turn; asks sent] (core GossipCore._wants)
     ping_pending = {}  # v -> set of neighbours with a digest ping pending
     sync_out = {}  # (v, w) -> time of v's outstanding sync on link v-w
     hb_next = {}  # (v, w) -> when v's regular heartbeat on v-w is due, once a ping moved it
@@ -346,11 +356,13 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
         if not variant.pings:
             return
         kv = known.get(v, ())
+        tv = told.get(v, ())
         pend = ping_pending.setdefault(v, set())
-        new = [w for w in adj[v] if w != source and w not in kv and w not in pend]
+        new = [w for w in adj[v] if w != source and w not in kv and w not in pend and w not in tv]
         if new:
             pend.update(new)
-            push_event(t + variant.ping_delay, PINGS, v, v, tuple(new))
+            push_event(t + variant.ping_delay + variant.ping_spread * rng.random(), PINGS, v, v,
+                       tuple(new))
 
     def start_sync(v, w, t):
         key = (v, w)
@@ -428,10 +440,11 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
             pend = ping_pending.get(v)
             nxt = t + variant.hb_interval
             kv = known.get(v, ())
+            tv = told.get(v, ())
             for w in arg:
                 if w in pend:  # not replaced by a regular heartbeat meanwhile
                     pend.discard(w)
-                    if w in kv:
+                    if w in kv or w in tv:
                         continue  # core: the link showed it holds the change; no ping
                     hb_next[(v, w)] = nxt  # core: last_heartbeat_sent = now
                     out.append((HB, w, v, has[v] | ping_flag, ping_size))
@@ -450,13 +463,39 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
             if t + variant.hb_interval - t0 <= horizon:
                 push_event(t + variant.hb_interval, HBT, v, src, 0)
         elif kind == HB:
+            if arg & 3 == 3:
+                told.setdefault(v, set()).add(src)  # core: the ping named it, src holds it
             if (arg & 1) != has[v]:
                 if not arg & 2:
                     start_sync(v, src, t)
                 elif not has[v]:
-                    # the ping names the record and we lack it: ask for exactly it
-                    out.append((AREQ, src, v, 0, sizes["ask"]))
+                    # the ping names the record and we lack it: ask for exactly
+                    # it ASK_DELAY later if the push has not brought it by then
+                    # (one ask, whichever links named it; core _want)
+                    want = wants.get(v)
+                    if want is None:
+                        wants[v] = [[src], 0]
+                        push_event(t + ASK_DELAY, ASKT, v, v, 0)
+                    elif src not in want[0]:
+                        want[0].append(src)
                 # (a named record we hold: the rest is left to the regular heartbeat)
+        elif kind == ASKT:
+            want = wants.get(v)
+            if want is not None:
+                if has[v]:
+                    del wants[v]
+                else:
+                    wl = want[0]
+                    asked = wl[:want[1] + 1]  # the naming links in turn, one more each round
+                    del wl[:len(asked)]
+                    wl.extend(asked)
+                    for w in asked:
+                        out.append((AREQ, w, v, 0, sizes["ask"]))
+                    want[1] += 1
+                    if want[1] < ASK_TRIES:
+                        push_event(t + ASK_RETRY * 2 ** (want[1] - 1), ASKT, v, v, 0)
+                    else:
+                        del wants[v]
         elif kind == AREQ:
             carries = has[v]
             if carries:

@@ -102,13 +102,17 @@ def test_pushes_at_the_window_edge_still_reach_the_next_node_by_digest_ping():
     assert not [x for x in actions if isinstance(x, Penalty)]
     assert t.table.get(entry.peer_id).order == entry.order       # T applied it
     assert chain.deliver_to_n(chain.sends(actions, "N")) == []   # nothing stale relayed
-    # The digest ping carries it to N as a fresh, link-local pull.
-    for _ in range(20):
+    # The digest ping carries it to N as a fresh, link-local pull (N asks
+    # ASK_DELAY after the ping, from its own tick).
+    for _ in range(40):
         chain.clock.advance(constants.DIGEST_PING_DELAY)
         for frame in chain.sends(t.tick(), "N"):
             for reply in chain.sends(n.receive("T", frame), "T"):
                 for back in chain.sends(t.receive("N", reply), "N"):
                     assert not [x for x in n.receive("T", back) if isinstance(x, Penalty)]
+        for ask in chain.sends(n.tick(), "T"):
+            for back in chain.sends(t.receive("N", ask), "N"):
+                assert not [x for x in n.receive("T", back) if isinstance(x, Penalty)]
         got = n.table.get(entry.peer_id)
         if got is not None and got.order == entry.order:
             break

@@ -110,3 +110,31 @@ def test_a_deferred_link_whose_digest_still_differs_syncs_after_the_first():
     asked_b = [m for when, frm, to, m in net.log if frm == newcomer.index and to == b.index
                and when >= t0 and m.type is T.PEER_REQUEST and "sync" in m.body]
     assert asked_b
+
+
+def test_a_newcomers_record_spreads_by_push_from_its_first_neighbours():
+    """The neighbours that learn a new record from a HELLO forward it as the
+    first hop of a push (PEER_ANNOUNCEMENT): everyone has it within a few
+    link delays, and nobody has to ask for it."""
+    clock, net, nodes = network(60, seed=3)
+    t0 = clock.seconds()
+    newcomer = join(net, nodes, nodes[:4])
+    pid = newcomer.core.identity.peer_id
+    run(clock, 0.5)
+    assert all(n.core.table.get(pid) is not None for n in nodes)
+    sent = [(frm, m) for when, frm, to, m in net.log if when >= t0]
+    assert not [m for _, m in sent if m.type is T.PEER_REQUEST and "peer" in m.body]
+    pushes = [frm for frm, m in sent if m.type is T.PEER_ANNOUNCEMENT]
+    assert newcomer.index not in pushes  # its HELLOs were its publish
+    assert {n.index for n in nodes[:4]} <= set(pushes)
+
+
+def test_a_hello_record_we_hold_already_goes_nowhere():
+    clock, net, nodes = network(20, seed=5)
+    a, b = nodes[0], nodes[1]
+    if any(other == b.index for other, _ in a.links.values()):
+        b = next(n for n in nodes[2:] if all(o != n.index for o, _ in a.links.values()))
+    t0 = clock.seconds()
+    net.connect(a, b)  # two peers that know each other's records meet
+    run(clock, 1.0)
+    assert not [m for when, frm, to, m in net.log if when >= t0 and m.type is T.PEER_ANNOUNCEMENT]

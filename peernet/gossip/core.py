@@ -479,7 +479,18 @@ class GossipCore:
             if entry.is_tombstone:
                 raise PeernetError("a broadcasting HELLO with a tombstone", code="bad_record")
             link.mark_known(entry.hash)
-            actions += self._apply(entry, source=link)
+            # A record new to us in a HELLO from a peer whose table is no
+            # bigger than ours is a peer that just joined (or restarted with a
+            # new version): its HELLOs on all its links are its publish, so we
+            # forward the record as the first hop of that push (a
+            # PEER_ANNOUNCEMENT of our own making, as a relay may wrap a
+            # self-signed record) instead of leaving it to digest pings and
+            # asks, which took ~1.6 s to reach 300 peers.  A record we hold
+            # already changes nothing and goes nowhere; and when the sender's
+            # table is the bigger one, we are the newcomer, whose every
+            # neighbour's record is news to it only.
+            push = (self._hello_push(entry), link) if body["n"] <= len(self.table) else None
+            actions += self._apply(entry, source=link, push=push)
         link.hello_received = True
         self._ready = self._wakeup = None
         link.eager = link.eager or body.get("eager", False)
@@ -488,6 +499,17 @@ class GossipCore:
         if link.remote_digest != self.table.digest():
             actions += self._start_sync(link)
         return actions
+
+    def _hello_push(self, entry):
+        """A PEER_ANNOUNCEMENT carrying ``entry`` as its origin would publish
+        it (TTL_ANNOUNCEMENT), made here (see _handle_hello)."""
+        fields = {"id": self._random_id(), "ts": self.now_ms(),
+                  "rec": entry.record_bytes, "rsig": entry.signature}
+        body = codec.encode_body(MessageType.PEER_ANNOUNCEMENT, fields)
+        msg_id = codec.message_id(body)
+        self.dedup.add(msg_id)
+        return codec.Message(MessageType.PEER_ANNOUNCEMENT, constants.TTL_ANNOUNCEMENT,
+                             fields, body, msg_id)
 
     def _handle_push(self, link, msg):
         # The record's self-signature is the push's only signature.  _entry

@@ -207,10 +207,13 @@ def test_dashboard_in_a_real_browser(tmp_path, browser):
             item = finds("#downloads li.download")
             if not item:
                 return False
+            # the state first: when it says done, the percentage read after
+            # it is the final one (the page may update between the two reads)
+            state = text("#downloads li.download .state")
             pct = text("#downloads li.download .pct")
             if pct and (not percents or percents[-1] != pct):
                 percents.append(pct)
-            return text("#downloads li.download .state") == "done"
+            return state == "done"
 
         result.find_element(By.CSS_SELECTOR, ".download-button").click()
         until(done, "the download is done")

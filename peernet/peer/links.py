@@ -335,6 +335,8 @@ class _GossipProtocolMixin:
         # none: onMessage is the one consumer.  Used for what the fast path
         # leaves to Autobahn (fragmented messages, frames split across reads).
         if not self.failedByMe:
+            if self.trackedTimings:
+                self.trackedTimings.track("onMessage")
             self._onMessage(b"".join(self.message_data), self.message_is_binary)
         self.message_data = None
 

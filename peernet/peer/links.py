@@ -12,6 +12,14 @@ subprotocol, binary frames) and hand every event to an *owner* (the
 * ``owner.link_message(link, payload, is_binary)``;
 * ``owner.link_lost(link)``: called exactly once per link, open or not.
 
+Framing: frames we send are built here (:func:`prepare_frame`: the bytes
+Autobahn's PreparedMessage makes; a client frame masked with a fresh key from
+``os.urandom``), and complete, unfragmented binary frames are received on a
+fast path (``_GossipProtocolMixin._whole_frames``); everything else (the
+handshake, control frames, fragments, frames split across reads, anything
+invalid or oversized) goes through Autobahn's own parser and its checks.
+tests/test_peer_frames.py feeds both the same bytes and compares.
+
 Privacy: nothing here logs or keeps the remote socket address.  Autobahn's
 own loggers are held at ``error`` (its ``warn`` lines name the peer's
 address), and the server protocol overwrites Autobahn's copy of the address

@@ -35,7 +35,9 @@ What a caller may rely on:
   for outbound links (those go to broadcasting peers, whose records are
   public anyway).
 * **Time** comes from the reactor passed in; the core is ticked by one
-  ``callLater`` at ``core.next_wakeup()``, rescheduled after each batch.
+  ``callLater`` at ``core.next_wakeup()``, rescheduled after each batch (after
+  a received frame only if the tick is not due within RECEIVE_WAKEUP_FLOOR,
+  the earliest a frame can make the core due).
 """
 
 import random
@@ -85,7 +87,7 @@ MIN_TICK_DELAY = 0.005
 #: digest-ping delay (a table change schedules pings that far ahead; every
 #: other time the core keeps is further away).  After a frame, the tick is
 #: rescheduled only if it is not already due by then (see _tick_after_frame;
-#: tests/test_peer_transport.py checks the bound against the real core).
+#: tests/test_peer_frames.py checks the bound against the real core).
 RECEIVE_WAKEUP_FLOOR = constants.DIGEST_PING_DELAY
 #: Raw inbound connections (TLS not done yet) allowed beyond max_inbound.
 HANDSHAKE_SLACK = 16

@@ -12,6 +12,14 @@ subprotocol, binary frames) and hand every event to an *owner* (the
 * ``owner.link_message(link, payload, is_binary)``;
 * ``owner.link_lost(link)``: called exactly once per link, open or not.
 
+Framing: frames we send are built here (:func:`prepare_frame`: the bytes
+Autobahn's PreparedMessage makes; a client frame masked with a fresh key from
+``os.urandom``), and complete, unfragmented binary frames are received on a
+fast path (``_GossipProtocolMixin._whole_frames``); everything else (the
+handshake, control frames, fragments, frames split across reads, anything
+invalid or oversized) goes through Autobahn's own parser and its checks.
+tests/test_peer_frames.py feeds both the same bytes and compares.
+
 Privacy: nothing here logs or keeps the remote socket address.  Autobahn's
 own loggers are held at ``error`` (its ``warn`` lines name the peer's
 address), and the server protocol overwrites Autobahn's copy of the address
@@ -19,6 +27,7 @@ address), and the server protocol overwrites Autobahn's copy of the address
 """
 
 import itertools
+import os
 
 import txaio
 from autobahn.twisted.websocket import (
@@ -27,7 +36,8 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.xormasker import create_xor_masker
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -106,13 +116,15 @@ class GossipLink:
         nothing."""
         protocol = self.protocol
         if (self.opened and not self.closing and protocol is not None
-                and protocol.state == WebSocketProtocol.STATE_OPEN):
+                and protocol.state == _STATE_OPEN):
             # The counters sendMessage keeps (sendPreparedMessage does not).
             stats = protocol.trafficStats
             stats.outgoingWebSocketMessages += 1
             stats.outgoingOctetsAppLevel += prepared.payload_len
             stats.outgoingOctetsWebSocketLevel += prepared.payload_len
-            protocol.sendPreparedMessage(prepared)
+            # Autobahn's sendPreparedMessage without compression (gossip
+            # links never negotiate it) is this one call.
+            protocol.sendData(prepared.payloadHybi)
 
     def close(self, code=CLOSE_NORMAL, reason=""):
         """Start the closing handshake (the protocol drops after a timeout)."""
@@ -140,17 +152,85 @@ class GossipLink:
             pass
 
 
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+#: Payloads up to this size are (un)masked by one big-integer XOR here;
+#: longer ones by Autobahn's masker (native, faster once the payload is long).
+XOR_INLINE_MAX = 4096
+
+
+def xor_mask(payload, key):
+    """``payload`` XOR the 4-byte ``key`` repeated (RFC 6455 5.3), from its
+    first byte.  The same call masks and unmasks."""
+    n = len(payload)
+    if n > XOR_INLINE_MAX:
+        return create_xor_masker(key, n).process(payload)
+    if not n:
+        return payload
+    return (int.from_bytes(payload, "little")
+            ^ int.from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
+
+
+class _MaskKeys:
+    """Fresh, unpredictable 4-byte masking keys, drawn from ``os.urandom``
+    1024 at a time (one system call per 1024 frames, not one per frame)."""
+
+    __slots__ = ("_pool", "_at")
+
+    def __init__(self):
+        self._pool = b""
+        self._at = 0
+
+    def next(self):
+        at = self._at
+        if at >= len(self._pool):
+            self._pool = os.urandom(4096)
+            at = 0
+        self._at = at + 4
+        return self._pool[at:at + 4]
+
+
+_mask_keys = _MaskKeys()
+
+
+class PreparedFrame:
+    """One binary WebSocket frame, ready to write: ``payloadHybi`` (the wire
+    bytes, as in Autobahn's PreparedMessage), ``payload_len``."""
+
+    __slots__ = ("payloadHybi", "payload_len")
+    doNotCompress = True
+    binary = True
+
+    def __init__(self, wire, payload_len):
+        self.payloadHybi = wire
+        self.payload_len = payload_len
+
+
+def _frame_header(n, mask_bit):
+    # FIN + binary opcode; 7-bit, 16-bit or 64-bit length, minimal encoding.
+    if n <= 125:
+        return bytes((0x82, mask_bit | n))
+    if n <= 0xFFFF:
+        return bytes((0x82, mask_bit | 126)) + n.to_bytes(2, "big")
+    return bytes((0x82, mask_bit | 127)) + n.to_bytes(8, "big")
+
+
 def prepare_frame(frame, masked=False):
     """``frame`` framed as a binary WebSocket message (no compression: gossip
     links never negotiate it) for :meth:`GossipLink.send_prepared`.
 
     Unmasked (the server side of a link, an inbound one), one prepared frame
     can go to any number of links.  A client must mask each frame with a
-    fresh key (RFC 6455 5.3): ``masked=True`` draws one (as Autobahn's
-    sendMessage does), so such a frame is for one outbound link, once."""
-    prepared = PreparedMessage(frame, True, masked, True)
-    prepared.payload_len = len(frame)
-    return prepared
+    fresh key (RFC 6455 5.3): ``masked=True`` draws one from the operating
+    system's random source, so such a frame is for one outbound link, once.
+    The bytes are those Autobahn's PreparedMessage makes (tests check it)."""
+    n = len(frame)
+    if masked:
+        key = _mask_keys.next()
+        wire = b"".join((_frame_header(n, 0x80), key, xor_mask(frame, key)))
+    else:
+        wire = _frame_header(n, 0) + frame
+    return PreparedFrame(wire, n)
 
 
 def _set_options(factory, server):
@@ -189,7 +269,84 @@ class _GossipProtocolMixin:
     # tests/test_peer_transport.py checks them against Autobahn's own.
 
     def dataReceived(self, data):
-        self._dataReceived(data)
+        if (self.state != _STATE_OPEN or self.data or self.current_frame is not None
+                or self.inside_message or self.logOctets or self.logFrames
+                or self.trackedTimings):
+            # Handshake, a frame split across reads, a fragmented message,
+            # logging on: Autobahn's parser, unchanged.
+            self._dataReceived(data)
+            return
+        self.trafficStats.incomingOctetsWireLevel += len(data)
+        at = self._whole_frames(data)
+        if at < len(data):
+            # Whatever the fast path does not take (a control frame, a
+            # fragment, a partial or oversized frame, anything invalid) goes
+            # to Autobahn's parser from its first byte, with all its checks.
+            self.data = data[at:] if at else data
+            self.consumeData()
+
+    def _whole_frames(self, data):
+        """Deliver the complete, unfragmented binary frames at the start of
+        ``data`` (masked if we are the server, unmasked if the client, within
+        the size limits, minimal length encoding) and return the offset of
+        the first byte not consumed.  Exactly what Autobahn's processData
+        accepts and delivers for such a frame, without its per-frame masker
+        object, frame header object and callback chain; it stops at the first
+        frame that is anything else and leaves it to Autobahn."""
+        end = len(data)
+        at = 0
+        server = self.factory.isServer
+        if server and not self.applyMask:
+            return 0
+        want_mask = 0x80 if server else 0
+        key_len = 4 if server else 0
+        max_frame = self.maxFramePayloadSize
+        max_message = self.maxMessagePayloadSize
+        stats = self.trafficStats
+        while at + 2 <= end and self.state == _STATE_OPEN and not self.failedByMe:
+            b1 = data[at + 1]
+            if data[at] != 0x82 or (b1 & 0x80) != want_mask:
+                break  # not FIN + binary, a reserved bit set, or masking wrong
+            n = b1 & 0x7F
+            head = at + 2
+            if n == 126:
+                if head + 2 > end:
+                    break
+                n = (data[head] << 8) | data[head + 1]
+                if n < 126:
+                    break  # not the minimal length encoding: Autobahn refuses it
+                head += 2
+            elif n == 127:
+                break  # 64 KiB or more: over our limit, Autobahn fails the link
+            if 0 < max_frame < n or 0 < max_message < n:
+                break
+            stop = head + key_len + n
+            if stop > end:
+                break
+            if key_len:
+                payload = xor_mask(data[head + 4:stop], data[head:head + 4])
+            else:
+                payload = data[head:stop]
+            at = stop
+            stats.incomingOctetsWebSocketLevel += n
+            stats.incomingOctetsAppLevel += n
+            stats.incomingWebSocketFrames += 1
+            stats.incomingWebSocketMessages += 1
+            if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
+                self._cancelAutoPingTimeoutCall()
+            self.onMessage(payload, True)
+        return at
+
+    def onMessageEnd(self):
+        # Autobahn's, minus the "message" event it fires through txaio to
+        # observers (futures and callbacks per message); our protocols have
+        # none: onMessage is the one consumer.  Used for what the fast path
+        # leaves to Autobahn (fragmented messages, frames split across reads).
+        if not self.failedByMe:
+            if self.trackedTimings:
+                self.trackedTimings.track("onMessage")
+            self._onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None
 
     def sendData(self, data, sync=False, chopsize=None):
         if sync or chopsize or self.send_queue:

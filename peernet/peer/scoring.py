@@ -372,7 +372,7 @@ class LinkMeter:
 
     __slots__ = ("opened_at", "accounted_at", "last_frame", "tokens", "refilled_at",
                  "excess", "ping_payload", "ping_sent_at", "rate", "burst", "peer_id",
-                 "relay_tokens", "relay_refilled_at")
+                 "relay_tokens", "relay_refilled_at", "relay_rate", "relay_burst")
 
     def __init__(self, now, rate=constants.FLOOD_RATE, burst=constants.FLOOD_BURST):
         self.opened_at = now
@@ -388,33 +388,40 @@ class LinkMeter:
         #: the broadcasting remote's peer_id once known (kept after the core
         #: has forgotten the link, so its last events are scored too)
         self.peer_id = None
-        self.relay_tokens = constants.RELAY_BURST
+        self.relay_rate = constants.RELAY_RATE
+        self.relay_burst = constants.RELAY_BURST
+        self.relay_tokens = self.relay_burst
         self.relay_refilled_at = now
 
     def relay(self, now):
         """True if one more relayed frame may go out on this link now
         (RELAY_RATE per second after a RELAY_BURST); False: drop it."""
-        self.relay_tokens = min(constants.RELAY_BURST, self.relay_tokens
-                                + (now - self.relay_refilled_at) * constants.RELAY_RATE)
+        tokens = self.relay_tokens + (now - self.relay_refilled_at) * self.relay_rate
+        if tokens > self.relay_burst:
+            tokens = self.relay_burst
         self.relay_refilled_at = now
-        if self.relay_tokens >= 1.0:
-            self.relay_tokens -= 1.0
+        if tokens >= 1.0:
+            self.relay_tokens = tokens - 1.0
             return True
+        self.relay_tokens = tokens
         return False
 
     def frame(self, now):
         """Account one received frame: ``(allowed, gap)``.  ``allowed`` is
         False when the link is over its rate (the frame should be dropped);
         ``gap`` is the time since the previous frame (None for the first)."""
-        self.tokens = min(self.burst, self.tokens + (now - self.refilled_at) * self.rate)
+        tokens = self.tokens + (now - self.refilled_at) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
         self.refilled_at = now
-        gap = None if self.last_frame is None else now - self.last_frame
+        last = self.last_frame
         self.last_frame = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True, gap
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return True, (None if last is None else now - last)
+        self.tokens = tokens
         self.excess += 1
-        return False, gap
+        return False, (None if last is None else now - last)
 
     def flood_penalty_due(self):
         """True for the first excess frame and every FLOOD_PENALTY_EVERY-th after."""

@@ -35,7 +35,9 @@ What a caller may rely on:
   for outbound links (those go to broadcasting peers, whose records are
   public anyway).
 * **Time** comes from the reactor passed in; the core is ticked by one
-  ``callLater`` at ``core.next_wakeup()``, rescheduled after each batch.
+  ``callLater`` at ``core.next_wakeup()``, rescheduled after each batch (after
+  a received frame only if the tick is not due within RECEIVE_WAKEUP_FLOOR,
+  the earliest a frame can make the core due).
 """
 
 import random
@@ -55,7 +57,7 @@ from peernet.gossip.core import Close, GossipCore, Penalty, SearchAnswer, Send, 
 from peernet.gossip.table import entry_from_wire
 from peernet.identity import NodeIdentity
 from peernet.peer.connector import DialPlanner, REFUSE_SECONDS
-from peernet.peer.scoring import LinkMeter, PeerScores, link_key
+from peernet.peer.scoring import LinkMeter, PeerScores, is_anonymous, link_key
 from peernet.peer.links import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -81,6 +83,12 @@ SEARCH_TIMEOUT = 5.0
 SEARCH_SETTLE = 0.5
 #: Floor for the tick timer, so a core that wants "now" again cannot spin.
 MIN_TICK_DELAY = 0.005
+#: The earliest wakeup a received frame can give the core, from now: the
+#: digest-ping delay (a table change schedules pings that far ahead; every
+#: other time the core keeps is further away).  After a frame, the tick is
+#: rescheduled only if it is not already due by then (see _tick_after_frame;
+#: tests/test_peer_frames.py checks the bound against the real core).
+RECEIVE_WAKEUP_FLOOR = constants.DIGEST_PING_DELAY
 #: Raw inbound connections (TLS not done yet) allowed beyond max_inbound.
 HANDSHAKE_SLACK = 16
 
@@ -526,6 +534,15 @@ class GossipService(service.Service):
             call.cancel()
         self._tick_call = self.reactor.callLater(when - now, self._tick)
 
+    def _tick_after_frame(self, now):
+        """After a received frame: the core's next wakeup moves earlier only
+        to a time at least RECEIVE_WAKEUP_FLOOR from now, so a tick already
+        due by then stands (no scan of every link's timers per frame)."""
+        call = self._tick_call
+        if call is not None and call.active() and call.getTime() <= now + RECEIVE_WAKEUP_FLOOR:
+            return
+        self._schedule_tick()
+
     def _tick(self):
         self._tick_call = None
         if not self.running:
@@ -550,18 +567,22 @@ class GossipService(service.Service):
 
     # -- carrying out actions ----------------------------------------------------------
 
-    def _execute(self, actions):
+    def _execute(self, actions, received_at=None):
         # A relay is one frame (the same bytes object) sent to several links:
-        # framed once for all the inbound ones (Autobahn's prepared message);
-        # an outbound link masks each frame with a fresh key of its own.
+        # framed once for all the inbound ones (links.prepare_frame); an
+        # outbound link masks each frame with a fresh key of its own.
+        # ``received_at``: the actions answer a frame received then (the
+        # tick is rescheduled only if it must be: _tick_after_frame).
         framed = prepared = None
+        links = self._links
+        on_frame = self.on_frame
         for action in actions:
             if isinstance(action, Send):
-                link = self._links.get(action.link)
+                link = links.get(action.link)
                 if link is not None:
                     frame = action.frame
-                    if self.on_frame is not None:
-                        self.on_frame("out", frame)
+                    if on_frame is not None:
+                        on_frame("out", frame)
                     try:
                         if link.outbound:
                             link.send_prepared(prepare_frame(frame, masked=True))
@@ -594,7 +615,10 @@ class GossipService(service.Service):
                 self._search_answer(action)
             elif isinstance(action, Penalty):
                 self._penalize(action.link, action.code, action.detail)
-        self._schedule_tick()
+        if received_at is None:
+            self._schedule_tick()
+        else:
+            self._tick_after_frame(received_at)
 
     def _close(self, link, code, reason):
         link.close(code, reason)
@@ -741,9 +765,10 @@ class GossipService(service.Service):
             if not link.closing:
                 self._close(link, CLOSE_UNSUPPORTED_DATA, "binary frames only")
             return
+        now = self.reactor.seconds()
         meter = self._meters.get(link.id)
         if meter is not None:
-            allowed, gap = meter.frame(self.reactor.seconds())
+            allowed, gap = meter.frame(now)
             if not allowed:
                 # Over the rate: dropped unread (no signature check spent on it).
                 self.flood_dropped_total += 1
@@ -751,7 +776,13 @@ class GossipService(service.Service):
                     self._penalize(link.id, "flood", f"{meter.excess} frames above the rate")
                 return
             if gap is not None:
-                self.scores.heard(self._score_key(link), gap)
+                key = meter.peer_id
+                if key is None:
+                    key = self._score_key(link)
+                # An anonymous link's availability is never scored (it stays
+                # neutral: PeerScores), so its frame gaps are not recorded.
+                if not is_anonymous(key):
+                    self.scores.heard(key, gap)
         if self.on_frame is not None:
             self.on_frame("in", payload)
         try:
@@ -760,9 +791,8 @@ class GossipService(service.Service):
             # A bug, not the peer's fault; keep the node running.
             log.failure("gossip core failed on a frame from link {link_id}", link_id=link.id)
             return
-        now = self.reactor.seconds()
-        kept = []
-        for action in actions:
+        kept = actions
+        for i, action in enumerate(actions):
             if isinstance(action, SearchAnswer):
                 search = self._searches.get(action.request_id)
                 if search is not None and link.id in search.asked:
@@ -775,9 +805,12 @@ class GossipService(service.Service):
                 out = self._meters.get(action.link)
                 if out is not None and not out.relay(now):
                     self.relay_dropped_total += 1
+                    if kept is actions:
+                        kept = actions[:i]
                     continue
-            kept.append(action)
-        self._execute(kept)
+            if kept is not actions:
+                kept.append(action)
+        self._execute(kept, received_at=now)
 
     def link_lost(self, link):
         if link.lost:

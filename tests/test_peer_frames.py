@@ -520,6 +520,7 @@ def test_the_tick_follows_a_wakeup_a_frame_brings_forward_and_skips_the_scan_oth
     def receive(link_id, payload):  # what a table change does: digest pings due soon
         if state.ping_due is None:
             state.ping_due = clock.seconds() + RECEIVE_WAKEUP_FLOOR
+            svc.core.timers_changed()  # set from outside the core
         return []
 
     monkeypatch.setattr(svc.core, "receive", receive)

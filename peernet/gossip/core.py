@@ -780,6 +780,10 @@ class GossipCore:
             # (tick), which after a newcomer's first sync it mostly does not.
             if not link.sync_deferred:
                 link.sync_deferred = True
+                # never due sooner than a digest ping would be (the transport
+                # skips rescheduling its tick after a frame for less)
+                self._sync_busy_until = max(self._sync_busy_until,
+                                            now + constants.DIGEST_PING_DELAY)
                 self._wakeup = None
             return []
         link.sync_deferred = False

@@ -107,7 +107,7 @@ def make_record(identity, addresses, *, is_bootstrap=True, is_broadcasting=True,
 
 def check_key_matches(peer_id, public_key_b64):
     """Decode a record's key and check that it hashes to ``peer_id``."""
-    bound_peer_id, der = _key_binding(public_key_b64)
+    bound_peer_id, der, _ = _key_binding(public_key_b64)
     if bound_peer_id != peer_id:
         raise BadSignature("peer_id is not the SHA-256 of public_key")
     return der
@@ -119,9 +119,17 @@ def check_key_matches(peer_id, public_key_b64):
 # key.  ~0.4 KB per entry, so at most ~7 MB.
 @functools.lru_cache(maxsize=16384)
 def _key_binding(public_key_b64):
-    """(peer_id, DER key) of a base64 key; BadRequest if not base64."""
+    """(peer_id, DER key, whether the text matches the PeerRecord schema's
+    public_key pattern) of a base64 key; BadRequest if not base64."""
     der = b64decode(public_key_b64, "public_key")
-    return peer_id_for(der), der
+    return peer_id_for(der), der, _public_key_pattern()(public_key_b64) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _public_key_pattern():
+    # Checked here, once per key: the strict base64 decode accepts a little
+    # more than the pattern (excess padding, "AAAA===").
+    return re.compile(_pattern(_schema_props("PeerRecord")["public_key"])).search
 
 
 def verify_signed_record(signed):
@@ -198,7 +206,7 @@ def _reference_record_checks(record_bytes):
 #     the schema's text fixed and checks both paths agree on random and
 #     broken records);
 #   - peer_id's pattern is implied by the binding (it equals a SHA-256
-#     hexdigest) and public_key's by the strict base64 decode.
+#     hexdigest); public_key's is checked with the binding, once per key.
 # JSON Schema's "$" is read as fastjsonschema reads it: end of text (\Z), not
 # Python's "end or before a final newline".
 
@@ -223,18 +231,23 @@ def _integer(prop):
     return Annotated[int, msgspec.Meta(ge=prop.get("minimum"), le=prop.get("maximum"))]
 
 
+def _optional(annotation):
+    return NotRequired[annotation]
+
+
 def _build_record_decoder():
     rec = _schema_props("PeerRecord")
     repo = _schema_props("RepoSummary")
-    RepoSummary = TypedDict("RepoSummary", {
+    repo_fields = {
         "name": _string(repo["name"]),
-        "size": NotRequired[_integer(repo["size"])],
-        "files": NotRequired[_integer(repo["files"])],
-        "btih": NotRequired[_string(repo["btih"])],
-        "btmh": NotRequired[_string(repo["btmh"])],
-        "manifest": NotRequired[_string(repo["manifest"])],
-    })
-    PeerRecord = TypedDict("PeerRecord", {
+        "size": _optional(_integer(repo["size"])),
+        "files": _optional(_integer(repo["files"])),
+        "btih": _optional(_string(repo["btih"])),
+        "btmh": _optional(_string(repo["btmh"])),
+        "manifest": _optional(_string(repo["manifest"])),
+    }
+    RepoSummary = TypedDict("RepoSummary", repo_fields)
+    record_fields = {
         "peer_id": str,
         "public_key": Annotated[str, msgspec.Meta(max_length=rec["public_key"]["maxLength"])],
         "addresses": Annotated[list[str], msgspec.Meta(
@@ -243,10 +256,11 @@ def _build_record_decoder():
         "is_bootstrap": bool,
         "version": _integer(rec["version"]),
         "issued_at": _integer(rec["issued_at"]),
-        "lifetime": NotRequired[_integer(rec["lifetime"])],
-        "repos": NotRequired[Annotated[list[RepoSummary], msgspec.Meta(
-            max_length=rec["repos"]["maxItems"])]],
-    })
+        "lifetime": _optional(_integer(rec["lifetime"])),
+        "repos": _optional(Annotated[list[RepoSummary], msgspec.Meta(
+            max_length=rec["repos"]["maxItems"])]),
+    }
+    PeerRecord = TypedDict("PeerRecord", record_fields)
     address = openapi_document()["components"]["schemas"]["Address"]
     return (msgspec.json.Decoder(PeerRecord).decode, re.compile(_pattern(address)).search,
             address["minLength"], address["maxLength"])
@@ -275,10 +289,10 @@ def _fast_record_checks(record_bytes):
     if _canonical_json_fast(record) != record_bytes:
         return None
     try:
-        peer_id, der = _key_binding(record["public_key"])
+        peer_id, der, pattern_ok = _key_binding(record["public_key"])
     except BadRequest:
         return None
-    if peer_id != record["peer_id"]:
+    if peer_id != record["peer_id"] or not pattern_ok:
         return None
     return record, der
 

@@ -15,7 +15,8 @@ KEYS = [Ed25519PrivateKey.from_private_bytes(bytes([i + 7]) * 32) for i in range
 DERS = [spki_der(k.public_key()) for k in KEYS]
 # degenerate keys: identity point, a small-order point, all ones, a non-canonical y
 ODD_KEYS = [ED25519_SPKI_PREFIX + k for k in (
-    bytes([1]) + bytes(31), bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes([1]) + bytes(31),
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
     b"\xff" * 32, bytes(32))]
 
 

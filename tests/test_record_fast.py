@@ -10,7 +10,7 @@ import hashlib
 import json
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peernet import records
@@ -132,7 +132,7 @@ def record_dicts(draw):
     if draw(st.integers(0, 3)) == 0:
         record["addresses"] = record["addresses"] + record["addresses"][:1]  # duplicates
     for _ in range(draw(st.integers(0, 2))):
-        kind = draw(st.sampled_from(["set", "drop", "add", "other_key"]))
+        kind = draw(st.sampled_from(["set", "drop", "add", "other_key", "odd_key"]))
         name = draw(st.sampled_from(FIELDS))
         if kind == "set":
             record[name] = draw(TRICKY)
@@ -140,10 +140,57 @@ def record_dicts(draw):
             record.pop(name, None)
         elif kind == "add":
             record[draw(st.sampled_from(["x", "sig", "Peer_id", ""]))] = draw(TRICKY)
-        else:
+        elif kind == "other_key":
             other = draw(st.sampled_from(IDS))
             record["public_key"] = b64encode(other.public_key_der)
+        else:  # any bytes as the "key", bound to peer_id, with odd padding or none
+            der = draw(st.binary(max_size=48))
+            record["public_key"] = b64encode(der).rstrip("=") + draw(
+                st.sampled_from(["", "=", "==", "===", "\n", "A"]))
+            record["peer_id"] = hashlib.sha256(der).hexdigest()
     return record
+
+
+VALID_ADDRESS = st.from_regex(r"\A[a-z][a-z0-9+.-]{0,5}://[^\s]{1,12}\Z")
+VALID_REPO = st.fixed_dictionaries(
+    {"name": st.from_regex(r"\A[^/\\\x00-\x1f]{1,12}\Z")},
+    optional={"size": st.integers(0, 2**70), "files": st.integers(0, 1000), "btih": HEX40,
+              "btmh": HEX64, "manifest": HEX64})
+
+
+@st.composite
+def valid_record_dicts(draw):
+    ident = draw(st.sampled_from(IDS))
+    live = draw(st.booleans())
+    record = {
+        "peer_id": ident.peer_id,
+        "public_key": b64encode(ident.public_key_der),
+        "addresses": draw(st.lists(VALID_ADDRESS, max_size=16, unique=True)),
+        "is_broadcasting": live,
+        "is_bootstrap": draw(st.booleans()),
+        "version": draw(st.integers(0, 2**53)),
+        "issued_at": draw(st.integers(0, 2**53)),
+    }
+    if draw(st.booleans()):
+        record["lifetime"] = draw(st.integers(7200, 2592000))
+    if draw(st.booleans()):
+        record["repos"] = draw(st.lists(VALID_REPO, max_size=4))
+    return record
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_record_dicts())
+def test_valid_records_are_accepted_by_both(record):
+    assert not isinstance(agree(serialize(record)), tuple)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_record_dicts(), st.binary(max_size=48),
+       st.sampled_from(["", "=", "==", "===", "====", "\n", "A", " "]))
+def test_agree_on_records_with_odd_keys(record, der, padding):
+    record["public_key"] = b64encode(der).rstrip("=") + padding
+    record["peer_id"] = hashlib.sha256(der).hexdigest()
+    agree(serialize(record))
 
 
 def serialize(record):
@@ -163,10 +210,12 @@ MUTATIONS = [
     (b'"addresses":[', b'"addresses":["wss://x","wss://x",'),
     (b'"addresses":[', b'"addresses":["wss://x\\n",'),
     (b'"addresses":[', b'"addresses":["wss://\\ud800",'),
-    (b'"peer_id":"', b'"peer_id":"\\u0030'), (b'"is_bootstrap"', b'"is_bootstrap":true,"is_bootstrap"'),
+    (b'"peer_id":"', b'"peer_id":"\\u0030'),
+    (b'"is_bootstrap"', b'"is_bootstrap":true,"is_bootstrap"'),
     (b'"version":', b'"version":99999999999999999999999999,"v":'),
     (b'"version":', b'"versio":'), (b'"public_key":"', b'"public_key":"\\n'),
-    (b'=",', b'=\\n",'), (b"}", b"}}"), (b"{", b"[{"), (b'"', b"'"),
+    (b'=",', b'=\\n",'), (b'=",', b'===",'), (b'=",', b'====",'), (b'=",', b'",'),
+    (b"}", b"}}"), (b"{", b"[{"), (b'"', b"'"),
 ]
 
 
@@ -241,6 +290,19 @@ def test_broken_records_keep_their_error_codes(old, new, code):
     with pytest.raises(BadRequest) as info:
         record_from_bytes(broken, sig)
     assert info.value.code == code
+
+
+def test_excess_padding_the_strict_base64_decode_takes_is_still_refused():
+    # a2b_base64(strict_mode=True) decodes "AAAA===" (a whole quartet, then
+    # padding); the schema's pattern allows at most two "=".  A key whose DER
+    # length is a multiple of 3 has no padding of its own.
+    der = bytes(range(45))
+    record = json.loads(_good()[0])
+    record["public_key"] = b64encode(der) + "==="
+    record["peer_id"] = hashlib.sha256(der).hexdigest()
+    assert records._key_binding(record["public_key"])[:2] == (record["peer_id"], der)
+    assert fast(canonical_json(record)) is None
+    assert agree(canonical_json(record)) == ("refused", "invalid_body")
 
 
 def test_a_record_naming_another_key_is_a_bad_signature():

@@ -169,3 +169,17 @@ def test_refusals_keep_their_codes(frame, code):
     with pytest.raises(CodecError) as info:
         codec.decode(frame)
     assert info.value.code == code
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(T)), st.integers(0, 40),
+       st.one_of(st.binary(max_size=300), st.sampled_from([b"x" * 255, b"x" * 256, b"x" * 65535,
+                                                           b"x" * 65536])))
+def test_encode_writes_what_msgpack_writes(mtype, ttl, body):
+    expected = msgpack.packb({"v": constants.PROTOCOL_VERSION, "type": int(mtype), "ttl": ttl,
+                              "body": body}, use_bin_type=True)
+    if len(expected) > constants.MAX_MESSAGE_BYTES:
+        with pytest.raises(CodecError):
+            codec.encode(mtype, ttl, body)
+    else:
+        assert codec.encode(mtype, ttl, body) == expected

@@ -185,19 +185,23 @@ class PeerTable:
         one issued further ahead of ``now`` than the clock-skew window allows
         (a record dated years ahead would otherwise never expire anywhere).
         """
-        if entry.expires_at <= now:
+        record = entry.record
+        issued = record["issued_at"] / 1000.0
+        if issued + entry.lifetime <= now:  # expires_at
             return None
-        if entry.record["issued_at"] / 1000.0 > now + constants.CLOCK_SKEW_SECONDS:
+        if issued > now + constants.CLOCK_SKEW_SECONDS:
             return None
-        old = self._entries.get(entry.peer_id)
+        peer_id = entry.peer_id
+        old = self._entries.get(peer_id)
         if old is not None:
-            if entry.order <= old.order:
+            if (record["version"], record["issued_at"]) <= old.order:
                 return None
             self._remove(old)
-        self._entries[entry.peer_id] = entry
+        self._entries[peer_id] = entry
         self._by_hash[entry.hash] = entry
-        self._buckets[entry.bucket] ^= entry.ident
-        self._digest ^= entry.ident
+        ident = entry.ident
+        self._buckets[int(peer_id[:2], 16)] ^= ident  # bucket
+        self._digest ^= ident
         if old is None:
             return "added"
         # A refresh: same identity (digest unchanged), newer issued_at.

@@ -387,7 +387,7 @@ def _decode_fast(frame):
 
 def encode_body(mtype, body):
     """Encode a body after checking it as decode() would (so we never send junk)."""
-    _check_body(MessageType(mtype), body)
+    _check_body(_TYPES.get(mtype) or MessageType(mtype), body)  # (an enum call is slow)
     return msgpack.packb(body, use_bin_type=True)
 
 

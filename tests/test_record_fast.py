@@ -178,13 +178,13 @@ def valid_record_dicts(draw):
     return record
 
 
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_record_dicts())
 def test_valid_records_are_accepted_by_both(record):
     assert not isinstance(agree(serialize(record)), tuple)
 
 
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_record_dicts(), st.binary(max_size=48),
        st.sampled_from(["", "=", "==", "===", "====", "\n", "A", " "]))
 def test_agree_on_records_with_odd_keys(record, der, padding):
@@ -219,7 +219,7 @@ MUTATIONS = [
 ]
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record_dicts())
 def test_fast_and_reference_checks_agree_on_records(record):
     agree(serialize(record))

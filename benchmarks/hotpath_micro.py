@@ -11,7 +11,12 @@ old commit with ``PYTHONPATH`` pointing at that copy, then from this tree):
 What it times (``timeit``, median of 7 repeats):
 
 - one Ed25519 verify of a real 307-byte record (``identity.verify``);
-- ``codec.decode`` of the benchmark's PEER_UPDATE frame, message id included;
+- ``codec.decode`` of the benchmark's PEER_UPDATE frame, message id included,
+  and of a HEARTBEAT (digest ping naming 2 changes);
+- the checks of a record this process has not seen (``record_from_bytes``
+  with its cache cleared: JSON, schema, canonical form, key binding and the
+  verify; the key's binding stays cached, as for any peer's next update),
+  ``entry_from_wire`` around it, and both with the verify left out;
 - a relayed frame (446 bytes) sent on 3 inbound links: 3 × ``sendMessage``
   through Autobahn's own ``sendData`` (with its debug-log arguments), 3 ×
   ``sendMessage`` through our protocol class, and, where the code has it, one
@@ -43,7 +48,9 @@ from twisted.logger import (  # noqa: E402
     FilteringLogObserver, LogLevel, LogLevelFilterPredicate, LogPublisher, Logger)
 
 from peernet import constants  # noqa: E402
+from peernet import records  # noqa: E402
 from peernet.gossip import codec  # noqa: E402
+from peernet.gossip.table import entry_from_wire  # noqa: E402
 from peernet.gossip.codec import MessageType as T  # noqa: E402
 from peernet.identity import NodeIdentity, verify  # noqa: E402
 from peernet.peer import links  # noqa: E402
@@ -100,6 +107,29 @@ def main():
     else:
         frame = codec.encode(T.PEER_UPDATE, 32, body)
     out["codec.decode + message id"] = per_call(lambda: codec.decode(frame).id)
+    beat = codec.encode(T.HEARTBEAT, 1, codec.encode_body(T.HEARTBEAT, {
+        "id": os.urandom(16), "ts": ts, "digest": os.urandom(16), "n": 500, "load": 3,
+        "recent": [[os.urandom(32), 7, ts], [os.urandom(32), 9, ts]]}))
+    out["codec.decode of a HEARTBEAT (2 recent changes)"] = per_call(lambda: codec.decode(beat).id)
+
+    def new_record():
+        records._record_from_bytes.cache_clear()
+        return records.record_from_bytes(record_bytes, rsig)
+
+    def new_entry():
+        records._record_from_bytes.cache_clear()
+        return entry_from_wire(record_bytes, rsig, 1.0)
+
+    new_record()  # the key binding, once per key
+    out["record check of a new record (record_from_bytes, verify included)"] = per_call(
+        new_record, n=1000)
+    out["entry_from_wire of a new record (verify included)"] = per_call(new_entry, n=1000)
+    real_verify, records.verify = records.verify, lambda *args: None
+    try:  # what the record costs besides its signature
+        out["record check of a new record, verify left out"] = per_call(new_record)
+        out["entry_from_wire of a new record, verify left out"] = per_call(new_entry)
+    finally:
+        records.verify = real_verify
 
     payload = os.urandom(446)
     for label, cls in (("Autobahn's sendData", _AutobahnIO), ("our protocol class", GossipServerProtocol)):

@@ -26,6 +26,19 @@ from cryptography.x509.oid import NameOID
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError, CryptoError
 
+try:
+    # libsodium's crypto_sign_open itself, called without PyNaCl's wrapper
+    # (which allocates and returns a copy of the message nobody reads):
+    # libsodium takes NULL for the message and its length.  Same function,
+    # same rules; about 1 us less per verify.  PyNaCl's wrapper if its cffi
+    # module ever moves.
+    from nacl._sodium import ffi as _ffi, lib as _sodium
+
+    _NULL = _ffi.NULL
+    _sodium_sign_open = _sodium.crypto_sign_open
+except (ImportError, AttributeError):  # pragma: no cover - PyNaCl internals moved
+    _sodium_sign_open = None
+
 from peernet.errors import BadSignature, IdentityError
 
 KEY_FILE = "node.key"
@@ -103,8 +116,14 @@ def verify(public_key_der, signature, data):
         # crypto_sign_open takes signature + message as one string: a signature
         # of any other length would shift the split, so it is refused here.
         raise BadSignature("the signature does not match the body and public key")
+    signed = signature + bytes(data)
+    if _sodium_sign_open is not None:
+        if _sodium_sign_open(_NULL, _NULL, signed, len(signed),
+                             public_key_der[len(ED25519_SPKI_PREFIX):]) != 0:
+            raise BadSignature("the signature does not match the body and public key")
+        return
     try:
-        crypto_sign_open(signature + bytes(data), public_key_der[len(ED25519_SPKI_PREFIX):])
+        crypto_sign_open(signed, public_key_der[len(ED25519_SPKI_PREFIX):])
     except (BadSignatureError, CryptoError, ValueError, TypeError):
         raise BadSignature("the signature does not match the body and public key")
 

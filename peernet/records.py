@@ -19,13 +19,16 @@ import binascii
 import functools
 import json
 import os
+import re
+from typing import Annotated, NotRequired, TypedDict
 
+import msgspec
 import orjson
 
 from peernet import constants
 from peernet.errors import BadRequest, BadSignature, StaleTimestamp
 from peernet.identity import peer_id_for, verify
-from peernet.schemas import validator
+from peernet.schemas import openapi_document, validator
 
 SIGNATURE_HEADER = "Peernet-Signature"
 
@@ -104,10 +107,29 @@ def make_record(identity, addresses, *, is_bootstrap=True, is_broadcasting=True,
 
 def check_key_matches(peer_id, public_key_b64):
     """Decode a record's key and check that it hashes to ``peer_id``."""
-    der = b64decode(public_key_b64, "public_key")
-    if peer_id_for(der) != peer_id:
+    bound_peer_id, der, _ = _key_binding(public_key_b64)
+    if bound_peer_id != peer_id:
         raise BadSignature("peer_id is not the SHA-256 of public_key")
     return der
+
+
+# The same key comes back with every refresh and update of its peer: its
+# base64 decode and SHA-256 are done once per key (a pure function of the
+# text; failures are not cached).  One str argument: lru_cache's cheapest
+# key.  ~0.4 KB per entry, so at most ~7 MB.
+@functools.lru_cache(maxsize=16384)
+def _key_binding(public_key_b64):
+    """(peer_id, DER key, whether the text matches the PeerRecord schema's
+    public_key pattern) of a base64 key; BadRequest if not base64."""
+    der = b64decode(public_key_b64, "public_key")
+    return peer_id_for(der), der, _public_key_pattern()(public_key_b64) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _public_key_pattern():
+    # Checked here, once per key: the strict base64 decode accepts a little
+    # more than the pattern (excess padding, "AAAA===").
+    return re.compile(_pattern(_schema_props("PeerRecord")["public_key"])).search
 
 
 def verify_signed_record(signed):
@@ -141,6 +163,22 @@ def record_from_bytes(record_bytes, signature):
 # same record reaches a process several times (many cores in one simulator).
 @functools.lru_cache(maxsize=65536)
 def _record_from_bytes(record_bytes, signature):
+    checked = _fast_record_checks(record_bytes)
+    if checked is None:
+        # Something is off (or merely unusual): the reference checks decide,
+        # with their exact errors and codes.
+        record = _reference_record_checks(record_bytes)
+        der = check_key_matches(record["peer_id"], record["public_key"])
+    else:
+        record, der = checked
+    verify(der, signature, record_bytes)
+    return record
+
+
+def _reference_record_checks(record_bytes):
+    """The definition of a well-formed record: JSON with floats refused, the
+    OpenAPI PeerRecord schema, the canonical form.  Returns the record dict or
+    raises BadRequest (code bad_request, or invalid_body for the schema)."""
     try:
         record = json.loads(record_bytes, parse_float=_refuse_float, parse_constant=_refuse_float)
     except (ValueError, UnicodeDecodeError):
@@ -148,9 +186,115 @@ def _record_from_bytes(record_bytes, signature):
     validator("PeerRecord").check(record)
     if _canonical_json_fast(record) != record_bytes:
         raise BadRequest("the record is not in canonical JSON form")
-    der = check_key_matches(record["peer_id"], record["public_key"])
-    verify(der, signature, record_bytes)
     return record
+
+
+# -- the fast record checks -----------------------------------------------------
+#
+# One msgspec decode (C) into a dict checks the JSON, every type and bound of
+# the PeerRecord schema and the nested RepoSummary; Python adds the few checks
+# left: addresses' pattern and uniqueness, the canonical form, the key binding.
+# It only ever *accepts*: whatever it does not accept goes to the reference
+# checks above, so errors are exactly today's.  Accepting is sound because
+#   - the canonical re-encode of the decoded dict equals the bytes, so the
+#     bytes are one JSON object without unknown fields (a TypedDict decode
+#     drops them, so the re-encode would differ), duplicate keys, whitespace,
+#     escapes other than the canonical ones or floats, and json.loads reads
+#     the same dict from them;
+#   - the types, bounds and patterns below are the schema's (numbers and
+#     patterns are read from openapi.json; tests/test_record_fast.py holds
+#     the schema's text fixed and checks both paths agree on random and
+#     broken records);
+#   - peer_id's pattern is implied by the binding (it equals a SHA-256
+#     hexdigest); public_key's is checked with the binding, once per key.
+# JSON Schema's "$" is read as fastjsonschema reads it: end of text (\Z), not
+# Python's "end or before a final newline".
+
+_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def _schema_props(name):
+    return openapi_document()["components"]["schemas"][name]["properties"]
+
+
+def _pattern(prop):
+    return _DOLLAR.sub(r"\\Z", prop["pattern"])
+
+
+def _string(prop):
+    return Annotated[str, msgspec.Meta(min_length=prop.get("minLength"),
+                                       max_length=prop.get("maxLength"),
+                                       pattern=_pattern(prop) if "pattern" in prop else None)]
+
+
+def _integer(prop):
+    return Annotated[int, msgspec.Meta(ge=prop.get("minimum"), le=prop.get("maximum"))]
+
+
+def _optional(annotation):
+    return NotRequired[annotation]
+
+
+def _build_record_decoder():
+    rec = _schema_props("PeerRecord")
+    repo = _schema_props("RepoSummary")
+    repo_fields = {
+        "name": _string(repo["name"]),
+        "size": _optional(_integer(repo["size"])),
+        "files": _optional(_integer(repo["files"])),
+        "btih": _optional(_string(repo["btih"])),
+        "btmh": _optional(_string(repo["btmh"])),
+        "manifest": _optional(_string(repo["manifest"])),
+    }
+    RepoSummary = TypedDict("RepoSummary", repo_fields)
+    record_fields = {
+        "peer_id": str,
+        "public_key": Annotated[str, msgspec.Meta(max_length=rec["public_key"]["maxLength"])],
+        "addresses": Annotated[list[str], msgspec.Meta(
+            min_length=rec["addresses"]["minItems"], max_length=rec["addresses"]["maxItems"])],
+        "is_broadcasting": bool,
+        "is_bootstrap": bool,
+        "version": _integer(rec["version"]),
+        "issued_at": _integer(rec["issued_at"]),
+        "lifetime": _optional(_integer(rec["lifetime"])),
+        "repos": _optional(Annotated[list[RepoSummary], msgspec.Meta(
+            max_length=rec["repos"]["maxItems"])]),
+    }
+    PeerRecord = TypedDict("PeerRecord", record_fields)
+    address = openapi_document()["components"]["schemas"]["Address"]
+    return (msgspec.json.Decoder(PeerRecord).decode, re.compile(_pattern(address)).search,
+            address["minLength"], address["maxLength"])
+
+
+_record_decoder = None
+
+
+def _fast_record_checks(record_bytes):
+    """(record dict, DER key) if the record is certainly well formed and bound
+    to its key; None when the reference checks must decide."""
+    global _record_decoder
+    if _record_decoder is None:
+        _record_decoder = _build_record_decoder()
+    decode, address_ok, min_len, max_len = _record_decoder
+    try:
+        record = decode(record_bytes)
+    except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError):
+        return None  # (ValidationError is a DecodeError; bad UTF-8 a ValueError)
+    addresses = record["addresses"]
+    for address in addresses:
+        if not min_len <= len(address) <= max_len or not address_ok(address):
+            return None
+    if len(addresses) > 1 and len(set(addresses)) != len(addresses):
+        return None
+    if _canonical_json_fast(record) != record_bytes:
+        return None
+    try:
+        peer_id, der, pattern_ok = _key_binding(record["public_key"])
+    except BadRequest:
+        return None
+    if peer_id != record["peer_id"] or not pattern_ok:
+        return None
+    return record, der
 
 
 # -- signed requests ------------------------------------------------------------

@@ -41,7 +41,7 @@ from peernet.errors import PeernetError
 from peernet.records import record_from_bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerEntry:
     peer_id: str
     record: dict
@@ -84,16 +84,16 @@ def entry_from_wire(record_bytes, signature, received_at=0.0, record_hash=None):
     (PeerTable.known_copy computed it), so the bytes are hashed once.
     """
     record = record_from_bytes(record_bytes, signature)
-    if record["is_broadcasting"] and not record["addresses"]:
-        raise PeernetError("a broadcasting record without addresses", code="bad_record")
-    if not record["is_broadcasting"] and record["addresses"]:
+    if record["is_broadcasting"]:
+        if not record["addresses"]:
+            raise PeernetError("a broadcasting record without addresses", code="bad_record")
+    elif record["addresses"]:
         raise PeernetError("a tombstone must not carry addresses", code="bad_record")
+    # Positional: the dataclass __init__'s cheapest call (one per new record).
     return PeerEntry(
-        peer_id=record["peer_id"], record=record, record_bytes=bytes(record_bytes),
-        signature=bytes(signature),
-        hash=_hash(record_bytes) if record_hash is None else record_hash,
-        received_at=received_at, ident=identity_hash(record),
-        lifetime=record_lifetime(record),
+        record["peer_id"], record, bytes(record_bytes), bytes(signature),
+        _hash(record_bytes) if record_hash is None else record_hash,
+        received_at, identity_hash(record), record_lifetime(record),
     )
 
 
@@ -101,14 +101,20 @@ def _hash(record_bytes):
     return int.from_bytes(hashlib.sha256(record_bytes).digest()[:16], "big")
 
 
+_IDENTITY_PREFIX = hashlib.sha256(b"peernet-record-identity\0")
+
+
 def identity_hash(record):
     """The 128-bit hash of what a record *is*: (peer_id, version, tombstone or
     not).  ``issued_at``, ``lifetime`` and the signature are left out, so every
-    refresh of one version hashes alike (digests, buckets)."""
-    kind = b"live" if record["is_broadcasting"] else b"tombstone"
-    data = b"peernet-record-identity\0%s\0%d\0%s" % (
-        record["peer_id"].encode("ascii"), record["version"], kind)
-    return int.from_bytes(hashlib.sha256(data).digest()[:16], "big")
+    refresh of one version hashes alike (digests, buckets).  That is
+    sha256(b"peernet-record-identity\0<peer_id>\0<version>\0live|tombstone"),
+    its first 16 bytes big-endian; the hash of the constant prefix is copied,
+    not recomputed."""
+    h = _IDENTITY_PREFIX.copy()
+    h.update(b"%s\0%d\0%s" % (record["peer_id"].encode("ascii"), record["version"],
+                              b"live" if record["is_broadcasting"] else b"tombstone"))
+    return int.from_bytes(h.digest()[:16], "big")
 
 
 def record_lifetime(record):
@@ -179,19 +185,23 @@ class PeerTable:
         one issued further ahead of ``now`` than the clock-skew window allows
         (a record dated years ahead would otherwise never expire anywhere).
         """
-        if entry.expires_at <= now:
+        record = entry.record
+        issued = record["issued_at"] / 1000.0
+        if issued + entry.lifetime <= now:  # expires_at
             return None
-        if entry.record["issued_at"] / 1000.0 > now + constants.CLOCK_SKEW_SECONDS:
+        if issued > now + constants.CLOCK_SKEW_SECONDS:
             return None
-        old = self._entries.get(entry.peer_id)
+        peer_id = entry.peer_id
+        old = self._entries.get(peer_id)
         if old is not None:
-            if entry.order <= old.order:
+            if (record["version"], record["issued_at"]) <= old.order:
                 return None
             self._remove(old)
-        self._entries[entry.peer_id] = entry
+        self._entries[peer_id] = entry
         self._by_hash[entry.hash] = entry
-        self._buckets[entry.bucket] ^= entry.ident
-        self._digest ^= entry.ident
+        ident = entry.ident
+        self._buckets[int(peer_id[:2], 16)] ^= ident  # bucket
+        self._digest ^= ident
         if old is None:
             return "added"
         # A refresh: same identity (digest unchanged), newer issued_at.

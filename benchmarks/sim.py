@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from peernet import constants  # noqa: E402
 from peernet.sim import experiments as E  # noqa: E402
 from peernet.sim import lite  # noqa: E402
-from peernet.sim.models import Fixed, LogNormal, PerLink, Uniform, wan_cpu  # noqa: E402
+from peernet.sim.models import Fixed, Geographic, LogNormal, PerLink, Uniform, wan_cpu  # noqa: E402
 from peernet.sim.realnet import SimNetwork  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -196,6 +196,7 @@ def latency_models(seed=0):
         ("uniform", PerLink(Uniform(0.01, 0.09), seed=seed)),
         ("lognormal", PerLink(LogNormal(0.05, 0.5), seed=seed)),
         ("lognormal+jitter", PerLink(LogNormal(0.05, 0.5), jitter=Uniform(0.0, 0.02), seed=seed)),
+        ("geographic", Geographic(0.005, 0.085, seed=seed)),
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from peernet.sim import experiments as E
 from peernet.sim import lite
-from peernet.sim.models import Fixed, LogNormal, PerLink, Uniform, latency_from_spec
+from peernet.sim.models import Fixed, Geographic, LogNormal, PerLink, Uniform, latency_from_spec
 
 
 def test_a_links_latency_is_one_draw_kept_both_ways_and_keyed_by_seed():
@@ -129,4 +129,28 @@ def test_lite_model_agrees_with_the_real_core_on_per_link_latency():
     d_real = statistics.fmean(r["dup_per_delivery"] for r in real)
     d_lite = statistics.fmean(r["dup_per_delivery"] for r in lt)
     assert abs(d_real - d_lite) / d_real < 0.15
+    assert info["penalties"] == 0
+
+
+def test_geographic_latency_is_a_distance():
+    geo = Geographic(0.005, 0.085, seed=2)
+    rng = random.Random(0)
+    assert geo.link(3, 40) == geo.link(40, 3) == geo.delay(3, 40, rng)
+    assert Geographic(0.005, 0.085, seed=2).link(3, 40) == geo.link(3, 40)
+    assert Geographic(0.005, 0.085, seed=3).link(3, 40) != geo.link(3, 40)
+    for a, b, c in ((1, 2, 3), (10, 500, 77), (8, 9, 1000)):
+        assert geo.link(a, c) - geo.base <= (geo.link(a, b) - geo.base) + (geo.link(b, c) - geo.base) + 1e-12
+    xs = [geo.link(a, b) for a in range(200) for b in range(a + 1, 200)]
+    assert 0.005 <= min(xs) and max(xs) <= 0.005 + 0.085 * math.sqrt(2)
+    assert 0.045 < statistics.mean(xs) < 0.053  # ~49 ms over random pairs
+    with pytest.raises(TypeError):
+        geo.sample(rng)
+
+
+def test_lite_model_agrees_with_the_real_core_on_geographic_latency():
+    lat = Geographic(seed=9)
+    real, info = E.real_rounds(120, seed=9, rounds=3, latency=lat, stagger=True)
+    lt = E.lite_rounds(info["adjacency"], [r["origin"] for r in real], latency=lat, seed=9)
+    assert all(r["covered"] for r in real) and all(r["covered"] for r in lt)
+    assert abs(statistics.median(r["t100"] for r in real) - statistics.median(r["t100"] for r in lt)) <= 0.005
     assert info["penalties"] == 0

@@ -185,6 +185,8 @@ LATENCY_DESIGNS = (
     ("fastest", "candidate, not the core's rule: peernet, each peer marks its 2 lowest-RTT "
                 "outbound links eager (not its first 2 dials)",
      lite.Variant.peernet(eager_fastest=True)),
+    ("fastest-noisy", "candidate ranked by a noisy RTT: each peer's estimate of each link off by a "
+                      "log-normal factor, sigma 0.3", lite.Variant.peernet(eager_fastest=True, rtt_noise=0.3)),
 )
 
 
@@ -206,7 +208,8 @@ def _eager_latency(adj, var, latency):
     if not getattr(latency, "per_link", False) or var.kind == "memberlist":
         return None  # memberlist-style sends to any member, not over the overlay
     if var.kind == "peernet" and var.eager_links:
-        eager = (lite._fastest_eager(adj, var.eager_links, latency) if var.eager_fastest
+        eager = (lite._fastest_eager(adj, var.eager_links, latency, noise=var.rtt_noise)
+                 if var.eager_fastest
                  else lite._pick_eager(adj, var.eager_links, random.Random(0))
                  if var.eager_links != constants.EAGER_LINKS else adj.eager)
         pairs = [(v, w) for v, ws in enumerate(eager) for w in ws if v < w]

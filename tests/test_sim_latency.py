@@ -154,3 +154,18 @@ def test_lite_model_agrees_with_the_real_core_on_geographic_latency():
     assert all(r["covered"] for r in real) and all(r["covered"] for r in lt)
     assert abs(statistics.median(r["t100"] for r in real) - statistics.median(r["t100"] for r in lt)) <= 0.005
     assert info["penalties"] == 0
+
+
+def test_fastest_eager_with_rtt_noise_ranks_by_each_peers_estimate():
+    adj = lite.random_adjacency(800, 8, random.Random(7))
+    lat = PerLink(Uniform(0.01, 0.09), seed=7)
+    exact = lite._fastest_eager(adj, 2, lat)
+    assert lite._fastest_eager(adj, 2, lat, noise=0.0) == exact
+    noisy = lite._fastest_eager(adj, 2, lat, noise=0.3)
+    assert noisy == lite._fastest_eager(adj, 2, lat, noise=0.3)  # the same estimates every run
+    assert noisy != exact
+
+    def mean(e):
+        return statistics.mean(lat.link(v, w) for v, ws in enumerate(e) for w in ws)
+    every = statistics.mean(lat.link(v, w) for v, ws in enumerate(adj) for w in ws)
+    assert mean(exact) < mean(noisy) < every  # worse picks than the truth, better than blind

@@ -129,6 +129,9 @@ class Variant:
     #: first dials; either end's mark still makes a link eager.  Needs
     #: ``adj.outbound``; with equal latencies it is the core's rule.
     eager_fastest: bool = False
+    #: with ``eager_fastest``: each peer ranks its dials by an RTT estimate
+    #: off by a log-normal factor of this sigma (0: the link's true latency)
+    rtt_noise: float = 0.0
 
     @classmethod
     def peernet(cls, **kw):
@@ -317,7 +320,7 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
     if variant.kind in ("peernet", "push") and variant.eager_links:
         eager = getattr(adj, "eager", None)
         if variant.eager_fastest:
-            eager = _fastest_eager(adj, variant.eager_links, latency)
+            eager = _fastest_eager(adj, variant.eager_links, latency, noise=variant.rtt_noise)
         elif eager is None or variant.eager_links != constants.EAGER_LINKS:
             eager = _pick_eager(adj, variant.eager_links, rng)
 
@@ -612,14 +615,22 @@ def _build_mesh(adj, degree, rng):
 
 
 
-def _fastest_eager(adj, k, latency):
+def _fastest_eager(adj, k, latency, noise=0.0):
     """Each peer marks the ``k`` outbound links with the lowest latency
     (ties: dial order); a link is eager at both ends if either end marked
-    it.  Not the core's rule: see ``Variant.eager_fastest``."""
+    it.  ``noise`` > 0: each peer ranks by its own estimate of each link,
+    the latency times a log-normal factor of that sigma (a measured RTT's
+    error; drawn per peer and link, the same in every run).  Not the core's
+    rule: see ``Variant.eager_fastest``."""
     outbound = getattr(adj, "outbound", None)
     if outbound is None:
         raise ValueError("eager_fastest needs an adjacency with outbound dials (random_adjacency)")
     link = latency.link if getattr(latency, "per_link", False) else (lambda a, b: 0.0)
+    if noise:
+        true_link = link
+
+        def link(a, b):
+            return true_link(a, b) * random.Random(f"rtt/{a}/{b}").lognormvariate(0.0, noise)
     eager = [set() for _ in range(len(adj))]
     for v, dials in enumerate(outbound):
         ranked = sorted(range(len(dials)), key=lambda i: (link(v, dials[i]), i))

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/sim.py all            # everything (~8-10 min on 2 cores)
     .venv/bin/python benchmarks/sim.py scale --max-n 10000   # skip the 100 000-peer runs
     .venv/bin/python benchmarks/sim.py calibration validation scale ttl compare bandwidth
+    .venv/bin/python benchmarks/sim.py compare-latency   # compare on variable latency (~10 min)
 
 Each experiment writes benchmarks/results/sim-<name>.json; benchmarks/report.py
 turns them into docs/benchmarks.md and docs/img/*.png.
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from peernet import constants  # noqa: E402
 from peernet.sim import experiments as E  # noqa: E402
 from peernet.sim import lite  # noqa: E402
-from peernet.sim.models import Fixed, LogNormal, wan_cpu  # noqa: E402
+from peernet.sim.models import Fixed, Geographic, LogNormal, PerLink, Uniform, wan_cpu  # noqa: E402
 from peernet.sim.realnet import SimNetwork  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -167,6 +168,116 @@ def exp_compare(args):
             print(n, var.kind, var.heartbeats, row["coverage_min"], row["t100"].get("median"))
     out["curve_t"] = CURVE_T
     write("compare", out)
+
+
+#: compare-latency: the designs (same graph, same origins, same CPU model)
+LATENCY_DESIGNS = (
+    ("ours", "peernet (flood phase + eager mesh + digest pings + 30 s anti-entropy)",
+     lite.Variant.peernet()),
+    ("flood+1", "peernet with one more flood hop (the trade: time for duplicates)",
+     lite.Variant.peernet(flood_factor=15.0)),
+    ("fanout", "peernet before the eager mesh (push to 3 random links + digest pings)",
+     lite.Variant.peernet_fanout()),
+    ("memberlist", "memberlist/Serf-style (fan-out 3, 200 ms, no pull)", lite.Variant.memberlist()),
+    ("gossipsub", "GossipSub-style (mesh 6, 1 s heartbeat, IHAVE/IWANT)", lite.Variant.gossipsub()),
+    ("eager3", "diagnostic, not a proposal: peernet with 3 eager dials per peer (~6 eager links, "
+               "as GossipSub's mesh 6)", lite.Variant.peernet(eager_links=3)),
+    ("fastest", "candidate, not the core's rule: peernet, each peer marks its 2 lowest-RTT "
+                "outbound links eager (not its first 2 dials)",
+     lite.Variant.peernet(eager_fastest=True)),
+    ("fastest-noisy", "candidate ranked by a noisy RTT: each peer's estimate of each link off by a "
+                      "log-normal factor, sigma 0.3", lite.Variant.peernet(eager_fastest=True, rtt_noise=0.3)),
+)
+
+
+def latency_models(seed=0):
+    """compare-latency: the network models (per-link draws keyed by ``seed``,
+    the same for every design)."""
+    return (
+        ("fixed", Fixed(0.05)),
+        ("uniform", PerLink(Uniform(0.01, 0.09), seed=seed)),
+        ("lognormal", PerLink(LogNormal(0.05, 0.5), seed=seed)),
+        ("lognormal+jitter", PerLink(LogNormal(0.05, 0.5), jitter=Uniform(0.0, 0.02), seed=seed)),
+        ("geographic", Geographic(0.005, 0.085, seed=seed)),
+    )
+
+
+def _eager_latency(adj, var, latency):
+    """Mean and median latency of the links a design pushes on past the
+    flood phase (the eager mesh; every overlay link for the others)."""
+    if not getattr(latency, "per_link", False) or var.kind == "memberlist":
+        return None  # memberlist-style sends to any member, not over the overlay
+    if var.kind == "peernet" and var.eager_links:
+        eager = (lite._fastest_eager(adj, var.eager_links, latency, noise=var.rtt_noise)
+                 if var.eager_fastest
+                 else lite._pick_eager(adj, var.eager_links, random.Random(0))
+                 if var.eager_links != constants.EAGER_LINKS else adj.eager)
+        pairs = [(v, w) for v, ws in enumerate(eager) for w in ws if v < w]
+    else:
+        pairs = [(v, w) for v, ws in enumerate(adj) for w in ws if v < w]
+    lat = [latency.link(v, w) for v, w in pairs]
+    return {"links_per_peer": 2 * len(pairs) / len(adj), "mean_ms": 1000 * sum(lat) / len(lat),
+            "median_ms": 1000 * E.pct(lat, 50)}
+
+
+def latency_validation(n=150, rounds=4, seed=8):
+    """The lite model against the real core (free CPU) on the per-link models:
+    same graph, same links' latencies, same origins."""
+    rows = []
+    for model, latency in latency_models(seed)[1:]:
+        real, info = E.real_rounds(n, seed=seed, rounds=rounds, latency=latency, stagger=True)
+        lt = E.lite_rounds(info["adjacency"], [r["origin"] for r in real], latency=latency, seed=seed)
+        row = {"n": n, "model": model, "latency": latency.describe(), "rounds": rounds,
+               "penalties": info["penalties"]}
+        for name, rs in (("real", real), ("lite", lt)):
+            row[name] = {"t100": [r["t100"] for r in rs],
+                         "dup_per_delivery": [r["dup_per_delivery"] for r in rs],
+                         "bytes_per_peer": [r["bytes_per_peer"] for r in rs]}
+        rows.append(row)
+        print("validation", model, [round(x, 4) for x in row["real"]["t100"]],
+              [round(x, 4) for x in row["lite"]["t100"]], flush=True)
+    return rows
+
+
+def exp_compare_latency(args):
+    """The compare designs on the same graphs with variable latency per link."""
+    out = {"models": {name: lat.describe() for name, lat in latency_models()},
+           "cpu": vars(wan_cpu()), "designs": {k: name for k, name, _ in LATENCY_DESIGNS},
+           "validation": latency_validation(), "runs": []}
+    for n, origins in ((1000, 5), (10000, 3), (100000, 1)):
+        if n > args.max_n:
+            continue
+        adj = lite.random_adjacency(n, constants.TARGET_LINKS, random.Random(0))
+        orig = random.Random("cmp").sample(range(n), origins)
+        for model, latency in latency_models():
+            for key, name, var in LATENCY_DESIGNS:
+                w = time.perf_counter()
+                rs = E.lite_rounds(adj, orig, variant=var, latency=latency, cpu=wan_cpu(),
+                                   seed=0, horizon=20.0, linger=1.0)
+                cov = [r["coverage"] for r in rs]
+                row = {"n": n, "model": model, "latency": latency.describe(), "design": key,
+                       "variant": name, "runs": len(rs), "origins": orig,
+                       "coverage_min": min(cov), "coverage_median": E.pct(cov, 50),
+                       "t100": E.summary([r["t100"] for r in rs]),
+                       "t50": E.summary([r["t50"] for r in rs]),
+                       "t_last": E.summary([r["result"].t_last for r in rs]),
+                       "dup_per_delivery": E.summary([r["dup_per_delivery"] for r in rs]),
+                       "bytes_per_peer": E.summary([r["bytes_per_peer"] for r in rs]),
+                       "max_hops": E.summary([r["max_hops"] for r in rs]),
+                       "via_sync": E.summary([r["via_sync"] for r in rs]),
+                       "bytes_by_kind": rs[0]["bytes_by_kind"],
+                       "push_links": _eager_latency(adj, var, latency),
+                       "wall_s": time.perf_counter() - w}
+                out["runs"].append(row)
+                print(n, model, key, f"{row['coverage_min']:.4f}", f3(row["t100"].get("median")),
+                      f3(row["t100"].get("p99")), f"{row['dup_per_delivery']['median']:.2f}",
+                      round(row["bytes_per_peer"]["median"]), round(row["wall_s"], 1), flush=True)
+            write("compare-latency", out)  # partial results survive an interrupted run
+    write("compare-latency", out)
+
+
+def f3(x):
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _bandwidth_run(n, silent, duration, churn_per_hour, seed=3):
@@ -380,7 +491,8 @@ def exp_bandwidth(args):
 
 
 EXPERIMENTS = {"calibration": exp_calibration, "validation": exp_validation, "scale": exp_scale,
-               "ttl": exp_ttl, "compare": exp_compare, "bandwidth": exp_bandwidth}
+               "ttl": exp_ttl, "compare": exp_compare, "bandwidth": exp_bandwidth,
+               "compare-latency": exp_compare_latency}
 
 
 def main(argv=None):
@@ -388,7 +500,8 @@ def main(argv=None):
     p.add_argument("experiments", nargs="+", choices=list(EXPERIMENTS) + ["all"])
     p.add_argument("--max-n", type=int, default=100000)
     args = p.parse_args(argv)
-    names = list(EXPERIMENTS) if "all" in args.experiments else args.experiments
+    names = [x for x in EXPERIMENTS if x != "compare-latency"] if "all" in args.experiments \
+        else args.experiments
     for name in names:
         w = time.perf_counter()
         EXPERIMENTS[name](args)

@@ -131,6 +131,15 @@ class Variant:
     #: flood while D * (D - 1) ** (hops + 1) <= N * flood_factor (1 in the
     #: core; 15 floods one hop more, to show what that costs)
     flood_factor: float = 1.0
+    #: NOT the core's rule (an experiment, benchmarks/sim.py compare-latency):
+    #: each peer marks as eager the ``eager_links`` of its outbound links with
+    #: the lowest latency (as a measured RTT would rank them) instead of its
+    #: first dials; either end's mark still makes a link eager.  Needs
+    #: ``adj.outbound``; with equal latencies it is the core's rule.
+    eager_fastest: bool = False
+    #: with ``eager_fastest``: each peer ranks its dials by an RTT estimate
+    #: off by a log-normal factor of this sigma (0: the link's true latency)
+    rtt_noise: float = 0.0
 
     @classmethod
     def peernet(cls, **kw):
@@ -213,9 +222,11 @@ def frame_sizes():
 
 class Adjacency(list):
     """Adjacency lists, plus ``eager``: per peer, the set of neighbours whose
-    link is eager (None: pick at random when simulating)."""
+    link is eager (None: pick at random when simulating), and ``outbound``:
+    per peer, the peers it dialled, in dial order (None: unknown)."""
 
     eager = None
+    outbound = None
 
 
 def random_adjacency(n, degree_out, rng, eager_links=constants.EAGER_LINKS):
@@ -224,6 +235,7 @@ def random_adjacency(n, degree_out, rng, eager_links=constants.EAGER_LINKS):
     them)."""
     adj = [set() for _ in range(n)]
     eager = [set() for _ in range(n)]
+    outbound = [[] for _ in range(n)]
     for v in range(n):
         made, tries = 0, 0
         while made < degree_out and tries < 4 * degree_out + 20:
@@ -233,12 +245,14 @@ def random_adjacency(n, degree_out, rng, eager_links=constants.EAGER_LINKS):
                 continue
             adj[v].add(w)
             adj[w].add(v)
+            outbound[v].append(w)
             if made < eager_links:
                 eager[v].add(w)
                 eager[w].add(v)
             made += 1
     out = Adjacency(sorted(s) for s in adj)
     out.eager = eager
+    out.outbound = outbound
     return out
 
 
@@ -295,9 +309,12 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
     bytes_by_kind = [0] * len(KIND_NAMES)
     heap = []
     seq = 0
-    fixed = latency.fifo_free
+    per_link = getattr(latency, "per_link", False)
+    fixed = latency.fifo_free and not per_link  # one delay for every frame
     lat_fixed = latency.sample(net_rng) if fixed else 0.0
     link_free = {}
+    link_lat = {}  # per-link latency: (src, dst) -> delay, drawn on first use
+    jitter = getattr(latency, "jitter", None) if per_link else None
     covered = 0
     events = 0
     recv_s, send_s = cpu.recv_s, cpu.send_s
@@ -312,7 +329,9 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
     eager = None
     if variant.kind in ("peernet", "push") and variant.eager_links:
         eager = getattr(adj, "eager", None)
-        if eager is None or variant.eager_links != constants.EAGER_LINKS:
+        if variant.eager_fastest:
+            eager = _fastest_eager(adj, variant.eager_links, latency, noise=variant.rtt_noise)
+        elif eager is None or variant.eager_links != constants.EAGER_LINKS:
             eager = _pick_eager(adj, variant.eager_links, rng)
 
     def push_event(t, kind, dst, src, arg):
@@ -333,6 +352,18 @@ def simulate(adj, origin, variant=None, latency=None, cpu=FREE_CPU, seed=0, hori
                 continue
             if fixed:
                 at = t + lat_fixed
+            elif per_link:
+                key = (src, dst)
+                d = link_lat.get(key)
+                if d is None:
+                    d = link_lat[key] = link_lat[(dst, src)] = latency.link(src, dst)
+                at = t + d
+                if jitter is not None:
+                    at += jitter.sample(net_rng)
+                    prev = link_free.get(key, 0.0)
+                    if at < prev:
+                        at = prev
+                    link_free[key] = at
             else:
                 at = t + latency.sample(net_rng)
                 key = (src, dst)
@@ -621,6 +652,31 @@ def _build_mesh(adj, degree, rng):
             mesh[w].add(v)
     return mesh
 
+
+
+def _fastest_eager(adj, k, latency, noise=0.0):
+    """Each peer marks the ``k`` outbound links with the lowest latency
+    (ties: dial order); a link is eager at both ends if either end marked
+    it.  ``noise`` > 0: each peer ranks by its own estimate of each link,
+    the latency times a log-normal factor of that sigma (a measured RTT's
+    error; drawn per peer and link, the same in every run).  Not the core's
+    rule: see ``Variant.eager_fastest``."""
+    outbound = getattr(adj, "outbound", None)
+    if outbound is None:
+        raise ValueError("eager_fastest needs an adjacency with outbound dials (random_adjacency)")
+    link = latency.link if getattr(latency, "per_link", False) else (lambda a, b: 0.0)
+    if noise:
+        true_link = link
+
+        def link(a, b):
+            return true_link(a, b) * random.Random(f"rtt/{a}/{b}").lognormvariate(0.0, noise)
+    eager = [set() for _ in range(len(adj))]
+    for v, dials in enumerate(outbound):
+        ranked = sorted(range(len(dials)), key=lambda i: (link(v, dials[i]), i))
+        for i in ranked[:k]:
+            eager[v].add(dials[i])
+            eager[dials[i]].add(v)
+    return eager
 
 
 def _pick_eager(adj, k, rng):

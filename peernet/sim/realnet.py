@@ -374,7 +374,10 @@ class SimNetwork(LinkedCores):
                 action.link) is not None and node.core.links[action.link].hello_received:
             self.frames_lost += 1  # never the HELLO: a link without one is useless
             return
-        at = depart + self.latency.sample(self.net_rng)
+        if getattr(self.latency, "per_link", False):  # models.PerLink
+            at = depart + self.latency.delay(node.index, other_index, self.net_rng)
+        else:
+            at = depart + self.latency.sample(self.net_rng)
         if not self.latency.fifo_free:
             key = action.link
             at = max(at, self._link_free.get(key, 0.0))

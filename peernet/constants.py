@@ -48,6 +48,11 @@ FANOUT = 3
 #: phase a push travels over eager links only: they form a connected mesh
 #: (a random 2-out graph), so the push reaches every peer deterministically.
 EAGER_LINKS = 2
+#: A node keeps as eager the EAGER_LINKS of its outbound links with the lowest
+#: round-trip time (WebSocket pings: one when a link opens, then every
+#: RTT_PROBE_INTERVAL); a link takes an eager one's place only when its RTT is
+#: below this share of that one's (no flapping on noise).
+EAGER_SWAP_RATIO = 0.8
 #: After a change, a node tells the neighbours not known to hold it (digest
 #: ping naming the change, coalesced per link) DIGEST_PING_DELAY plus a random
 #: 0 to DIGEST_PING_SPREAD later, so a neighbour the push missed pulls the

@@ -183,3 +183,23 @@ def test_encode_writes_what_msgpack_writes(mtype, ttl, body):
             codec.encode(mtype, ttl, body)
     else:
         assert codec.encode(mtype, ttl, body) == expected
+
+
+def test_heartbeat_eager_flag_fast_and_reference_agree():
+    import os
+
+    import msgpack
+
+    for value, ok in ((True, True), (False, True), (None, False), (1, False), ("yes", False)):
+        body = {"id": os.urandom(16), "ts": 1, "digest": os.urandom(16), "n": 1, "load": 0,
+                "eager": value}
+        frame = msgpack.packb({"v": 2, "type": 5, "ttl": 1,
+                               "body": msgpack.packb(body, use_bin_type=True)}, use_bin_type=True)
+        fast = codec._decode_fast(frame)
+        if ok:
+            assert fast is not None and fast.body["eager"] is value
+            assert codec.decode(frame).body["eager"] is value
+        else:
+            assert fast is None
+            with pytest.raises(codec.CodecError):
+                codec.decode(frame)

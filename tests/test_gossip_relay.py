@@ -38,7 +38,8 @@ class Hub:
         elif not outbound:
             # The dialler already has its eager links, so its HELLO marks nothing.
             for j in range(constants.EAGER_LINKS):
-                peer.links[f"x{j}"] = LinkState(f"x{j}", True, None, 0.0, 0.0, eager=True)
+                peer.links[f"x{j}"] = LinkState(f"x{j}", True, None, 0.0, 0.0, eager=True,
+                                                eager_local=True)
         mine = self.me.link_opened(name, outbound, peer.identity.peer_id)[0].frame
         theirs = peer.link_opened("P", not outbound, self.me.identity.peer_id)[0].frame
         peer.receive("P", mine)
@@ -200,3 +201,44 @@ def test_a_hello_with_a_malformed_eager_flag_is_refused_and_the_link_stays_unrea
     assert "eager must be true or false" in actions[0].detail
     link = hub.me.links["bad"]
     assert not link.hello_received and not link.eager
+
+
+def test_the_fastest_outbound_links_take_the_eager_marks_and_both_ends_learn_it():
+    hub = Hub()
+    for i in range(4):
+        hub.link(f"out{i}", True)
+    me = hub.me
+    assert [me.links[f"out{i}"].eager for i in range(4)] == [True, True, False, False]
+    # round trips measured: out3 is much faster than the slowest eager link,
+    # out2 only a little (within EAGER_SWAP_RATIO): one swap, no flapping
+    for name, rtt in (("out0", 0.050), ("out1", 0.100), ("out2", 0.085)):
+        assert me.link_rtt(name, rtt) == []
+    assert [me.links[f"out{i}"].eager for i in range(4)] == [True, True, False, False]
+    me.link_rtt("out3", 0.020)
+    assert [me.links[f"out{i}"].eager for i in range(4)] == [True, False, False, True]
+    # the next tick tells both ends at once (a heartbeat with or without "eager")
+    frames = {a.link: codec.decode(a.frame) for a in me.tick() if isinstance(a, Send)}
+    assert frames["out3"].type is T.HEARTBEAT and frames["out3"].body["eager"] is True
+    assert frames["out1"].type is T.HEARTBEAT and "eager" not in frames["out1"].body
+    assert "out0" not in frames and "out2" not in frames  # nothing changed there
+    for name in ("out1", "out3"):
+        hub.peers[name].receive("P", me_frame(me, frames[name]))
+    assert hub.peers["out3"].links["P"].eager and not hub.peers["out1"].links["P"].eager
+    # the push past the flood phase now takes out0 and out3
+    hub.clock.advance(0.01)
+    assert sorted(l for l, x in me.links.items() if x.eager) == ["out0", "out3"]
+
+
+def me_frame(core, msg):
+    return codec.encode(msg.type, msg.ttl, msg.body_bytes)
+
+
+def test_rtts_change_nothing_until_every_outbound_link_is_measured():
+    hub = Hub()
+    for i in range(3):
+        hub.link(f"out{i}", True)
+    hub.me.link_rtt("out2", 0.001)
+    hub.me.link_rtt("out1", 0.5)
+    assert [hub.me.links[f"out{i}"].eager for i in range(3)] == [True, True, False]
+    hub.me.link_rtt("out0", 0.5)
+    assert [hub.me.links[f"out{i}"].eager for i in range(3)] == [True, False, True]

@@ -189,6 +189,7 @@ BODY_FIELDS = {
         "n": (_int(0, 2**31), True),
         "load": (_int(0, 100), True),
         "recent": (_recent, False),
+        "eager": (_bool, False),
     },
 }
 
@@ -324,6 +325,7 @@ class _HeartbeatBody(msgspec.Struct, forbid_unknown_fields=True):
     recent: Annotated[list[tuple[Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)],
                                  _Ts, _Ts]],
                       msgspec.Meta(max_length=MAX_RECENT)] = None
+    eager: bool = None  # absent: None; a nil in the frame is refused (not a bool)
 
 
 def _push_dict(b):
@@ -334,6 +336,8 @@ def _heartbeat_dict(b):
     body = {"id": b.id, "ts": b.ts, "digest": b.digest, "n": b.n, "load": b.load}
     if b.recent is not None:
         body["recent"] = [list(change) for change in b.recent]
+    if b.eager is not None:
+        body["eager"] = b.eager
     return body
 
 

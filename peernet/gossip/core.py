@@ -154,6 +154,13 @@ class LinkState:
     penalties: int = 0
     #: pushes past the flood phase go over eager links (either end marked it)
     eager: bool = False
+    #: our mark (outbound links only) and the remote end's (HELLO, heartbeats)
+    eager_local: bool = False
+    eager_remote: bool = False
+    #: round-trip time the transport measured (seconds), None before any
+    rtt: "float | None" = None
+    #: our mark changed: the next heartbeat says so, and goes soon
+    announce_eager: bool = False
     #: a bucket sync wanted while another link's was in progress
     sync_deferred: bool = False
     #: peer_id -> version this link named in a digest ping: it holds that
@@ -384,10 +391,13 @@ class GossipCore:
         """A transport link is up (TLS done); returns the HELLO to send."""
         now = self.now()
         link = LinkState(link_id, outbound, tls_peer_id, now, now, last_heartbeat_sent=now)
-        # Mark the first EAGER_LINKS outbound links eager; when one closes, the
-        # link the connection manager dials to replace it takes its place.
-        link.eager = outbound and sum(
-            1 for l in self.links.values() if l.outbound and l.eager) < constants.EAGER_LINKS
+        # Mark the first EAGER_LINKS outbound links eager (the first dials to
+        # open: the fastest handshakes); when one closes, the link the
+        # connection manager dials to replace it takes its place.  Once round
+        # trips are measured, the fastest outbound links hold the marks
+        # (link_rtt, _remark_eager).
+        link.eager = link.eager_local = outbound and sum(
+            1 for l in self.links.values() if l.outbound and l.eager_local) < constants.EAGER_LINKS
         self.links[link_id] = link
         self._wakeup = None
         body = {
@@ -396,7 +406,7 @@ class GossipCore:
             "repos": len(self._repos) if self.broadcasting else 0,
             "digest": self.table.digest(), "n": len(self.table),
         }
-        if link.eager:
+        if link.eager_local:
             body["eager"] = True
         if self.broadcasting:
             body["rec"], body["rsig"] = self.own.record_bytes, self.own.signature
@@ -493,7 +503,8 @@ class GossipCore:
             actions += self._apply(entry, source=link, push=push)
         link.hello_received = True
         self._ready = self._wakeup = None
-        link.eager = link.eager or body.get("eager", False)
+        link.eager_remote = body.get("eager", False)
+        link.eager = link.eager_local or link.eager_remote
         link.remote_broadcasting = body["bc"]
         link.remote_digest = body["digest"]
         if link.remote_digest != self.table.digest():
@@ -590,6 +601,9 @@ class GossipCore:
 
     def _handle_heartbeat(self, link, msg):
         link.remote_digest = msg.body["digest"]
+        # The remote end's mark on this link, as of now (HELLO said it first).
+        link.eager_remote = msg.body.get("eager", False)
+        link.eager = link.eager_local or link.eager_remote
         recent = msg.body.get("recent")
         if recent:
             # A digest ping names changes its sender holds: no ping of ours
@@ -738,6 +752,45 @@ class GossipCore:
             return True  # it named that version (or a newer) in a digest ping
         entry = self.table.get(peer_id)
         return entry is not None and entry.order == order and entry.hash in link.known
+
+    def link_rtt(self, link_id, rtt):
+        """The transport measured a round trip on ``link_id`` (seconds).  The
+        eager marks go to the EAGER_LINKS fastest outbound links: over a
+        network whose links differ in latency, pushes past the flood phase
+        then take the fast paths (docs/protocol.md, "Eager links")."""
+        link = self.links.get(link_id)
+        if link is None or not rtt >= 0:
+            return []
+        link.rtt = rtt if link.rtt is None else (link.rtt + rtt) / 2
+        self._remark_eager()
+        return []
+
+    def _remark_eager(self):
+        outs = [l for l in self._ready_links() if l.outbound]
+        if len(outs) <= constants.EAGER_LINKS or any(l.rtt is None for l in outs):
+            return  # all of them are marked, or not every one measured yet
+        eager = [l for l in outs if l.eager_local]
+        others = sorted((l for l in outs if not l.eager_local), key=lambda l: l.rtt)
+        changed = []
+        while len(eager) < constants.EAGER_LINKS and others:
+            changed.append(others[0])
+            eager.append(others.pop(0))
+        while others:
+            slow = max(eager, key=lambda l: (l.rtt, outs.index(l)))  # ties: the later dial
+            if not others[0].rtt < constants.EAGER_SWAP_RATIO * slow.rtt:
+                break
+            eager.remove(slow)
+            eager.append(others.pop(0))
+            changed += [slow, eager[-1]]
+        now = self.now()
+        for l in changed:
+            l.eager_local = l in eager
+            l.eager = l.eager_local or l.eager_remote
+            l.announce_eager = True
+            if l.ping_due is None or l.ping_due > now:
+                l.ping_due = now  # tell the other end at the next tick
+        if changed:
+            self._wakeup = None
 
     def _relay_targets(self, msg, from_link, record_hash):
         """Where a push that changed our table goes next (docs/protocol.md, "Push").
@@ -941,7 +994,7 @@ class GossipCore:
                 # most neighbours have the change before the ping is due.
                 link.recent = {pid: order for pid, order in link.recent.items()
                                if not self._link_holds(link, pid, order)}
-                if (not link.recent and
+                if (not link.recent and not link.announce_eager and
                         now - link.last_heartbeat_sent < constants.HEARTBEAT_INTERVAL):
                     link.ping_due = None
                     continue
@@ -950,6 +1003,9 @@ class GossipCore:
                 link.last_heartbeat_sent = now
                 fields = {"id": self._random_id(), "ts": self.now_ms(),
                           "digest": digest, "n": len(self.table), "load": 0}
+                if link.eager_local:
+                    fields["eager"] = True
+                link.announce_eager = False
                 if ping and link.recent and not link.recent_overflow:
                     fields["recent"] = [[bytes.fromhex(pid), v, ia]
                                         for pid, (v, ia) in link.recent.items()]

@@ -881,6 +881,8 @@ class GossipService(service.Service):
         rtt = self.reactor.seconds() - meter.ping_sent_at
         meter.ping_payload = meter.ping_sent_at = None
         self.scores.rtt(self._score_key(link), rtt)
+        # The core keeps the fastest outbound links eager (docs/protocol.md).
+        self._execute(self.core.link_rtt(link.id, rtt))
 
     def peer_score(self, peer_id):
         """The score of a broadcasting peer as the control API shows it."""

@@ -126,11 +126,13 @@ def fig_compare(cmp_, n):
     return save(fig, f"sim-compare-{n}.png")
 
 
-LAT_ORDER = ("ours", "flood+1", "fanout", "memberlist", "gossipsub", "eager3", "fastest", "fastest-noisy")
-LAT_SHORT = {"ours": "peernet (ours)", "flood+1": "ours + 1 flood hop", "fanout": "ours before the eager mesh",
+LAT_ORDER = ("ours", "dials", "flood+1", "fanout", "memberlist", "gossipsub", "eager3", "fastest")
+LAT_SHORT = {"ours": "peernet (ours: 2 fastest dials eager, RTT estimates off by sigma 0.3)",
+             "dials": "ours before the RTT rule (first 2 dials eager)",
+             "flood+1": "ours + 1 flood hop", "fanout": "ours before the eager mesh",
              "memberlist": "memberlist/Serf-style", "gossipsub": "GossipSub-style",
-             "eager3": "ours, 3 eager dials (diagnostic)", "fastest": "ours, 2 fastest dials eager (candidate)",
-             "fastest-noisy": "candidate, RTT estimates off by sigma 0.3"}
+             "eager3": "3 eager dials, blind to latency (diagnostic)",
+             "fastest": "ours with exact RTTs (best case)"}
 
 
 def lat_pick(lat, n, model, design):
@@ -177,7 +179,7 @@ def latency_verdict(lat):
     cells = []  # (n, model, ours, gs, ml, fast)
     for n in ns:
         for m in lat["models"]:
-            got = [lat_pick(lat, n, m, d) for d in ("ours", "gossipsub", "memberlist", "fastest")]
+            got = [lat_pick(lat, n, m, d) for d in ("ours", "gossipsub", "memberlist", "dials")]
             if got[0] and got[1]:
                 cells.append((n, m, *got))
     var_cells = [c for c in cells if c[1] in varm]
@@ -209,29 +211,19 @@ def latency_verdict(lat):
         beat = all(x[0] > 1 for x in mlr)
         out.append(f"memberlist/Serf-style: {span([x[0] for x in mlr], '.1f')}x ours' time "
                    f"({'ours wins everywhere' if beat else 'not everywhere slower'}).")
-    fc = [c for c in cells if c[5] is not None]
+    fc = [c for c in var_cells if c[5] is not None and t(c[5]) and t(c[3])]
     if fc:
-        fgap = [((t(c[5]) - t(c[3])) / t(c[3]), c[0], c[1]) for c in fc if c[1] in varm and t(c[5])]
-        fdup = max(dup(c[5]) for c in fc)
-        fixed_same = all(abs(t(c[5]) - t(c[2])) < 1e-9 for c in fc if c[1] == "fixed")
-        if fgap and all(x[0] < 0 for x in fgap) and fdup <= 3:
-            out.append(f"Candidate (each peer marks its 2 lowest-RTT outbound links eager): "
-                       f"{100 * min(-x[0] for x in fgap):.0f}-{100 * max(-x[0] for x in fgap):.0f} % faster "
-                       f"than GossipSub-style in every variable model and N, at most {fdup:.2f} duplicates "
-                       f"per delivery" + ("; on fixed 50 ms links it is ours exactly (the same tie)"
-                                          if fixed_same else "") + ".")
-        elif fgap:
-            out.append(f"Candidate (2 lowest-RTT outbound links eager): vs GossipSub-style "
-                       f"{100 * min(x[0] for x in fgap):+.0f} to {100 * max(x[0] for x in fgap):+.0f} %, "
-                       f"at most {fdup:.2f} duplicates per delivery: not a win everywhere.")
-    noisy = [(lat_pick(lat, n, m, "fastest-noisy"), g) for n, m, _, g, _, _ in var_cells]
-    noisy = [((t(x) - t(g)) / t(g), dup(x)) for x, g in noisy if x and t(x) and t(g)]
-    if noisy:
-        wins = sum(1 for x in noisy if x[0] < 0)
-        out.append(f"Ranked by RTT estimates each off by a log-normal factor (sigma 0.3) instead of the "
-                   f"true latencies: time {100 * min(x[0] for x in noisy):+.0f} to {100 * max(x[0] for x in noisy):+.0f} % "
-                   f"against GossipSub-style, ahead in {wins} of {len(noisy)} (model, N) cells, at most "
-                   f"{max(x[1] for x in noisy):.2f} duplicates per delivery.")
+        bgap = [(t(c[5]) - t(c[3])) / t(c[3]) for c in fc]
+        out.append(f"Before the RTT rule (each peer's first 2 dials eager, blind to latency) the same "
+                   f"network gave {100 * min(bgap):+.0f} to {100 * max(bgap):+.0f} % against "
+                   f"GossipSub-style.")
+    fixed = [c for c in cells if c[1] == "fixed"]
+    if fixed:
+        fg = [(t(c[2]) - t(c[3])) for c in fixed if t(c[2]) and t(c[3])]
+        if fg:
+            out.append(f"On fixed 50 ms links (every link ranks alike) ours is {1000 * min(fg):+.0f} to "
+                       f"{1000 * max(fg):+.0f} ms against GossipSub-style: the same number of hops, "
+                       "a tie.")
     return short, out
 
 
@@ -310,13 +302,13 @@ def latency_section(w, lat):
         w("**Verdict (computed from the table):** " + " ".join(sentences) + "\n")
     ns = sorted({r["n"] for r in lat["runs"]})
     models = list(lat["models"])
-    w("Time-to-100 % median (s), ours against GossipSub-style and the candidate rule:\n")
+    w("Time-to-100 % median (s), ours against GossipSub-style, and ours before the RTT rule:\n")
     w("| peers | model | peernet (ours) | GossipSub-style | ours - GossipSub | memberlist/Serf-style | "
-      "candidate: 2 fastest dials eager | candidate - GossipSub |")
+      "before: first 2 dials eager | before - GossipSub |")
     w("|---:|---|---:|---:|---:|---:|---:|---:|")
     for n in ns:
         for m in models:
-            o, g, ml, f = (lat_pick(lat, n, m, d) for d in ("ours", "gossipsub", "memberlist", "fastest"))
+            o, g, ml, f = (lat_pick(lat, n, m, d) for d in ("ours", "gossipsub", "memberlist", "dials"))
             if not (o and g):
                 continue
             to, tg = o["t100"].get("median"), g["t100"].get("median")
@@ -343,44 +335,40 @@ def latency_section(w, lat):
     why = []
     for n in ns:
         o = lat_pick(lat, n, "uniform", "ours") or lat_pick(lat, n, "lognormal", "ours")
-        f = lat_pick(lat, n, o["model"], "fastest") if o else None
+        b = lat_pick(lat, n, o["model"], "dials") if o else None
         e3 = lat_pick(lat, n, o["model"], "eager3") if o else None
         g = lat_pick(lat, n, o["model"], "gossipsub") if o else None
-        if o and f and e3 and g and o.get("push_links") and f.get("push_links") and e3.get("push_links"):
-            why.append((n, o, f, e3, g))
+        if o and b and e3 and g and o.get("push_links") and b.get("push_links") and e3.get("push_links"):
+            why.append((n, o, b, e3, g))
     if why:
-        n, o, f, e3, g = why[-1]
-        w("**Why ours loses on variable latency, and the rule that wins.** Past the flood phase (every "
+        n, o, b, e3, g = why[-1]
+        w("**Why the eager links are picked by round trip.** Past the flood phase (every "
           "link while D(D-1)^(hops+1) <= N: the origin's links at 1 000 peers, one level more at 10 000, "
-          "two at 100 000; there the first copy takes the fastest of many paths) "
-          f"ours pushes over the eager mesh: {o['push_links']['links_per_peer']:.1f} eager links per peer "
-          f"(each peer's first 2 dials, both ends), picked blind to latency (mean "
-          f"{o['push_links']['mean_ms']:.0f} ms on {o['model']} at N = {n:,}); the last peers are reached "
-          "over that sparse mesh, so a slow link on their few eager paths sets the arrival time. "
-          "GossipSub's degree-6 mesh gives each late peer more paths and the first copy wins: that is "
-          "where its lead comes from (at 2x our duplicates). More eager links close part of the gap at the same "
-          f"price: 3 eager dials ({e3['push_links']['links_per_peer']:.1f} eager links per peer) take "
-          f"{f3(e3['t100'].get('median'))} s against ours {f3(o['t100'].get('median'))} s and GossipSub's "
-          f"{f3(g['t100'].get('median'))} s, at {e3['dup_per_delivery']['median']:.2f} duplicates per "
-          "delivery. Picking WHICH links are eager does better at no cost: the candidate rule marks "
-          f"each peer's 2 lowest-latency outbound links (of its 8 dials); the eager links then average "
-          f"{f['push_links']['mean_ms']:.0f} ms instead of {o['push_links']['mean_ms']:.0f} ms, "
-          f"{f3(f['t100'].get('median'))} s to 100 % at {f['dup_per_delivery']['median']:.2f} duplicates "
-          "per delivery. On fixed 50 ms links every link ranks equal, ties go by dial order, and the rule "
-          "is the core's (identical runs in the table). GossipSub-style is run as specified, its mesh "
-          "blind to latency (v1.1 grafts by score, not RTT); the same trick on its mesh would speed it up "
-          "too, at its 5+ duplicates per delivery.\n")
-        w("The candidate rule, precisely (NOT in `peernet/gossip/core.py`; simulated by "
-          "`lite.Variant(eager_fastest=True)`): every peer measures the round-trip time of each of its "
-          "outbound links (e.g. a request/answer pair it already sends, or a timestamp echoed in "
-          "HEARTBEAT) and marks as eager the `EAGER_LINKS` = 2 outbound links with the lowest RTT "
-          "(ties: dial order) instead of the first 2 dials; a link is eager if either end marked it, as "
-          "now; the flood phase, digest pings and anti-entropy are unchanged. What the simulation "
-          "assumes and the core would have to add: the RTT is known when the mark is made (the lite model "
-          "ranks by the link's latency itself; the core would mark the first 2 dials, as now, then move the "
-          "marks once RTTs are measured, which needs a way to change the `eager` flag after HELLO) and the "
-          "ranking is stable (the jitter model keeps it on the link's base latency). With per-frame jitter "
-          "only (no link property) there is nothing to rank and the rule is the current one.\n")
+          "two at 100 000; there the first copy takes the fastest of many paths) a push goes over the "
+          f"eager mesh only, ~{b['push_links']['links_per_peer']:.1f} eager links per peer, and the last "
+          "peers are reached over that sparse mesh, so a slow link on their few eager paths sets the "
+          "arrival time. With each peer's first 2 dials eager (the rule before), picked blind to latency "
+          f"(mean {b['push_links']['mean_ms']:.0f} ms on {b['model']} at N = {n:,}), that took "
+          f"{f3(b['t100'].get('median'))} s against GossipSub's {f3(g['t100'].get('median'))} s: its "
+          "degree-6 mesh gives each late peer more paths and the first copy wins (at 2x our duplicates). "
+          f"More eager links close part of the gap at that price: 3 eager dials "
+          f"({e3['push_links']['links_per_peer']:.1f} eager links per peer) took "
+          f"{f3(e3['t100'].get('median'))} s at {e3['dup_per_delivery']['median']:.2f} duplicates per "
+          "delivery. Picking WHICH links are eager does better at no cost: the core marks each peer's "
+          "2 outbound links with the lowest measured round trip (docs/protocol.md, 'Eager links'); with "
+          "estimates off by a log-normal factor of sigma 0.3 the eager links average "
+          f"{o['push_links']['mean_ms']:.0f} ms, {f3(o['t100'].get('median'))} s to 100 % at "
+          f"{o['dup_per_delivery']['median']:.2f} duplicates per delivery. GossipSub-style is run as "
+          "specified, its mesh blind to latency (v1.1 grafts by score, not RTT); the same trick on its "
+          "mesh would speed it up too, at its 5+ duplicates per delivery.\n")
+        w("How the simulation models the rule: `lite.Variant(eager_fastest=True, rtt_noise=0.3)` ranks "
+          "each peer's 8 dials by the link's latency times a log-normal error (sigma 0.3, drawn once per "
+          "peer and link) and marks the 2 lowest (ties: dial order); the core starts from its first 2 "
+          "dials to open and moves the marks once every outbound link has a measured round trip, only "
+          "for a link below 0.8x the slowest marked one (`GossipCore.link_rtt`); the simulation does "
+          "not count the few heartbeats that announce a moved mark. On fixed 50 ms links every link "
+          "ranks alike and the rule changes nothing but which random pair is marked. With per-frame "
+          "jitter only (no link property) there is nothing to rank.\n")
     for n in ns:
         w(f"All designs at {n:,} peers:\n")
         w("| model | design | runs | coverage (min) | time-to-100 % median | p99 | last arrival (median) | "
@@ -406,11 +394,10 @@ def latency_section(w, lat):
     w("'reached by a pull': peers whose first copy came from a digest ping's ask (or, for GossipSub, "
       "counted as push: IWANT answers are pushes here) rather than from a push. "
       "Designs: as in 'compare' (peernet, one more flood hop, peernet before the eager mesh, "
-      "memberlist/Serf-style with every pair of members its own link latency, GossipSub-style), plus "
-      "three rows that are not the core: 'ours, 3 eager dials' (diagnostic: what more eager links "
-      "buy), the candidate rule above, and the candidate ranking by RTT estimates that are each off "
-      "by a log-normal factor of sigma 0.3 (a measured RTT is not the true latency; drawn once per "
-      "peer and link). 'push links' = the links a design pushes on past the flood "
+      "memberlist/Serf-style with every pair of members its own link latency, GossipSub-style), "
+      "ours before the RTT rule (first 2 dials eager), and two rows that are not the core: '3 eager "
+      "dials' (diagnostic: what more eager links buy) and ours with exact RTTs (the best the rule "
+      "can do). 'push links' = the links a design pushes on past the flood "
       "phase: the eager mesh for ours and its variants, every overlay link for the others (GossipSub's "
       "mesh is 6 of them, chosen blind to latency). Left out: push fan-out 3 alone (never reaches 100 %), "
       "push + 30 s anti-entropy (tens of seconds, set by the heartbeat, not by latency), and 'before "
@@ -600,7 +587,7 @@ def main(argv=None):
                 w("| issue: the same, on variable latency (each link's latency fixed for the run: uniform "
                   "10-90 ms, log-normal median 50 ms sigma 0.5, + per-frame jitter, geographic) | see "
                   "'Variable latency' "
-                  f"| {short}; details and a candidate rule there |")
+                  f"| {short}; details there |")
         w(f"| protocol.md: push fan-out 3 alone reaches about 94 % | {100 * push['coverage_median']:.1f} % "
           f"(N = {push['n']:,}) | close: ~96 % with 16 links per peer |")
     costs_path = os.path.join(RESULTS, "costs.json")

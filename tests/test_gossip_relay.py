@@ -219,10 +219,17 @@ def test_the_fastest_outbound_links_take_the_eager_marks_and_both_ends_learn_it(
     # the next tick tells both ends at once (a heartbeat with or without "eager")
     frames = {a.link: codec.decode(a.frame) for a in me.tick() if isinstance(a, Send)}
     assert frames["out3"].type is T.HEARTBEAT and frames["out3"].body["eager"] is True
-    assert frames["out1"].type is T.HEARTBEAT and "eager" not in frames["out1"].body
+    assert frames["out1"].type is T.HEARTBEAT and frames["out1"].body["eager"] is False
     assert "out0" not in frames and "out2" not in frames  # nothing changed there
     for name in ("out1", "out3"):
         hub.peers[name].receive("P", me_frame(me, frames[name]))
+    assert hub.peers["out3"].links["P"].eager and not hub.peers["out1"].links["P"].eager
+    # later heartbeats say nothing of it, and the marks stay
+    hub.clock.advance(constants.HEARTBEAT_INTERVAL)
+    later = {a.link: codec.decode(a.frame) for a in me.tick() if isinstance(a, Send)}
+    assert later and all("eager" not in m.body for m in later.values())
+    for name in ("out1", "out3"):
+        hub.peers[name].receive("P", me_frame(me, later[name]))
     assert hub.peers["out3"].links["P"].eager and not hub.peers["out1"].links["P"].eager
     # the push past the flood phase now takes out0 and out3
     hub.clock.advance(0.01)

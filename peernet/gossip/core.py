@@ -601,9 +601,12 @@ class GossipCore:
 
     def _handle_heartbeat(self, link, msg):
         link.remote_digest = msg.body["digest"]
-        # The remote end's mark on this link, as of now (HELLO said it first).
-        link.eager_remote = msg.body.get("eager", False)
-        link.eager = link.eager_local or link.eager_remote
+        # The remote end moved its mark on this link (HELLO said it first;
+        # a heartbeat without the field leaves it as it was).
+        eager = msg.body.get("eager")
+        if eager is not None:
+            link.eager_remote = eager
+            link.eager = link.eager_local or eager
         recent = msg.body.get("recent")
         if recent:
             # A digest ping names changes its sender holds: no ping of ours
@@ -1003,9 +1006,9 @@ class GossipCore:
                 link.last_heartbeat_sent = now
                 fields = {"id": self._random_id(), "ts": self.now_ms(),
                           "digest": digest, "n": len(self.table), "load": 0}
-                if link.eager_local:
-                    fields["eager"] = True
-                link.announce_eager = False
+                if link.announce_eager:
+                    fields["eager"] = link.eager_local
+                    link.announce_eager = False
                 if ping and link.recent and not link.recent_overflow:
                     fields["recent"] = [[bytes.fromhex(pid), v, ia]
                                         for pid, (v, ia) in link.recent.items()]

@@ -282,7 +282,7 @@ def latency_section(w, lat):
     w(f"![compare latency]({fig_compare_latency(lat)})\n")
     w("Command: `.venv/bin/python benchmarks/sim.py compare-latency && .venv/bin/python "
       "benchmarks/report.py` (writes `benchmarks/results/sim-compare-latency.json`; not part of "
-      "`sim.py all`; 24 min on this shared 2-core machine, 19 of them the 100 000-peer runs: `--max-n 10000` skips those). "
+      "`sim.py all`; 19-24 min on this 2-core machine, most of it the 100 000-peer runs: `--max-n 10000` skips those). "
       "Same graphs and origins as 'compare' (one graph per N, 8 dials per peer; 5, 3 and 1 updates "
       "from random origins at 1 000, 10 000 and 100 000 peers), same per-frame CPU "
       f"({1e6 * lat['cpu']['recv_s']:.0f} us per frame received, {1e6 * lat['cpu']['send_s']:.0f} us per "

@@ -38,7 +38,7 @@ class Hub:
         elif not outbound:
             # The dialler already has its eager links, so its HELLO marks nothing.
             for j in range(constants.EAGER_LINKS):
-                peer.links[f"x{j}"] = LinkState(f"x{j}", True, None, 0.0, 0.0, eager=True,
+                peer.links[f"x{j}"] = LinkState(f"x{j}", True, None, 0.0, 0.0,
                                                 eager_local=True)
         mine = self.me.link_opened(name, outbound, peer.identity.peer_id)[0].frame
         theirs = peer.link_opened("P", not outbound, self.me.identity.peer_id)[0].frame

@@ -152,9 +152,8 @@ class LinkState:
     #: record hashes this link is known to hold (sent to it or received from it)
     known: OrderedDict = field(default_factory=OrderedDict)
     penalties: int = 0
-    #: pushes past the flood phase go over eager links (either end marked it)
-    eager: bool = False
-    #: our mark (outbound links only) and the remote end's (HELLO, heartbeats)
+    #: our eager mark (outbound links only) and the remote end's (HELLO,
+    #: heartbeats); pushes past the flood phase go over eager links: ``eager``
     eager_local: bool = False
     eager_remote: bool = False
     #: round-trip time the transport measured (seconds), None before any
@@ -166,6 +165,11 @@ class LinkState:
     #: peer_id -> version this link named in a digest ping: it holds that
     #: version, so no ping of ours need name it
     holds: dict = field(default_factory=dict)
+
+    @property
+    def eager(self):
+        """Either end marked this link eager."""
+        return self.eager_local or self.eager_remote
 
     def mark_known(self, h):
         self.known[h] = None
@@ -396,7 +400,7 @@ class GossipCore:
         # connection manager dials to replace it takes its place.  Once round
         # trips are measured, the fastest outbound links hold the marks
         # (link_rtt, _remark_eager).
-        link.eager = link.eager_local = outbound and sum(
+        link.eager_local = outbound and sum(
             1 for l in self.links.values() if l.outbound and l.eager_local) < constants.EAGER_LINKS
         self.links[link_id] = link
         self._wakeup = None
@@ -504,7 +508,6 @@ class GossipCore:
         link.hello_received = True
         self._ready = self._wakeup = None
         link.eager_remote = body.get("eager", False)
-        link.eager = link.eager_local or link.eager_remote
         link.remote_broadcasting = body["bc"]
         link.remote_digest = body["digest"]
         if link.remote_digest != self.table.digest():
@@ -606,7 +609,6 @@ class GossipCore:
         eager = msg.body.get("eager")
         if eager is not None:
             link.eager_remote = eager
-            link.eager = link.eager_local or eager
         recent = msg.body.get("recent")
         if recent:
             # A digest ping names changes its sender holds: no ping of ours
@@ -788,7 +790,6 @@ class GossipCore:
         now = self.now()
         for l in changed:
             l.eager_local = l in eager
-            l.eager = l.eager_local or l.eager_remote
             l.announce_eager = True
             if l.ping_due is None or l.ping_due > now:
                 l.ping_due = now  # tell the other end at the next tick
@@ -975,7 +976,6 @@ class GossipCore:
     def tick(self):
         """Do what is due: digest pings, heartbeats, dead links, expiry, refresh."""
         now = self.now()
-        self._wakeup = None
         actions = []
         digest = self.table.digest()
         for link in list(self.links.values()):

@@ -4,6 +4,7 @@ and one send per link, in the same reactor turn; writes made elsewhere leave
 on the next turn; byte order never changes.  Real loopback TCP and real TLS
 (the gossip links' MutualTLS)."""
 
+import contextlib
 import socket
 
 import pytest
@@ -218,7 +219,9 @@ class CountingClock:
         return reactor.seconds()
 
 
+@contextlib.asynccontextmanager
 async def _hub(n_sinks, clock=None):
+    """(hub factory, client TLS protocols): conns[0] / clients[0] inject, the rest are sinks."""
     server_id = NodeIdentity.generate()
     hub_factory = protocol.Factory.forProtocol(Hub)
     hub_factory.conns = []
@@ -236,14 +239,18 @@ async def _hub(n_sinks, clock=None):
     for c in clients:
         c.write(b"")
     await task.deferLater(reactor, 0.2)  # handshakes done
-    return hub_factory, clients, port
+    try:
+        yield hub_factory, clients
+    finally:
+        await port.stopListening()
+        for c in clients:
+            c.transport.abortConnection()
 
 
 @pytest_twisted.ensureDeferred
 async def test_writes_made_while_a_chunk_is_handled_leave_once_per_link(sends):
     clock = CountingClock()
-    hub, clients, port = await _hub(3, clock)
-    try:
+    async with _hub(3, clock) as (hub, clients):
         sent_inside = []
 
         def relay(sinks, data):
@@ -269,17 +276,12 @@ async def test_writes_made_while_a_chunk_is_handled_leave_once_per_link(sends):
         assert sent_inside == [0]
         # ... at the end of the received chunk: no deferred flush was needed.
         assert clock.calls == 0
-    finally:
-        await port.stopListening()
-        for c in clients:
-            c.transport.abortConnection()
 
 
 @pytest_twisted.ensureDeferred
 async def test_writes_outside_a_chunk_leave_on_the_next_turn_in_order(sends):
     clock = CountingClock()
-    hub, clients, port = await _hub(2, clock)
-    try:
+    async with _hub(2, clock) as (hub, clients):
         sinks = [c.wrappedProtocol for c in clients[1:]]
         del sends[:]
         clock.calls = 0
@@ -290,16 +292,11 @@ async def test_writes_outside_a_chunk_leave_on_the_next_turn_in_order(sends):
         await _until(lambda: all(s.data == b"tick tock" for s in sinks), "the timer's writes")
         assert len(sends) == 2  # one send per link
         assert clock.calls == 1  # one deferred flush for both links
-    finally:
-        await port.stopListening()
-        for c in clients:
-            c.transport.abortConnection()
 
 
 @pytest_twisted.ensureDeferred
 async def test_close_after_a_write_sends_the_write_first():
-    hub, clients, port = await _hub(1)
-    try:
+    async with _hub(1) as (hub, clients):
         closed = defer.Deferred()
         sink = clients[1].wrappedProtocol
         sink.connectionLost = lambda reason: closed.callback(None)
@@ -312,16 +309,11 @@ async def test_close_after_a_write_sends_the_write_first():
         clients[0].write(b"x")
         await _until(lambda: closed.called, "the close")
         assert sink.data == b"goodbye"
-    finally:
-        await port.stopListening()
-        for c in clients:
-            c.transport.abortConnection()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_large_gathering_is_written_without_waiting(sends):
-    hub, clients, port = await _hub(1)
-    try:
+    async with _hub(1) as (hub, clients):
         chunk = bytes(range(256)) * 100  # 25.6 kB
 
         sent_inside = []
@@ -338,10 +330,6 @@ async def test_a_large_gathering_is_written_without_waiting(sends):
         await _until(lambda: len(sink.data) >= 5 * len(chunk), "the flood")
         assert sink.data == chunk * 5
         assert sent_inside[0] > 0
-    finally:
-        await port.stopListening()
-        for c in clients:
-            c.transport.abortConnection()
 
 
 def test_gossip_links_use_the_batching_tls_layer():

@@ -348,3 +348,18 @@ def test_gossip_links_use_the_batching_tls_layer():
     GossipTLSClientEndpoint(creator, plain).connect(protocol.Factory())
     assert isinstance(plain.factory, GossipTLSFactory)
     assert plain.factory.protocol is GossipTLSProtocol
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reused_buffer_is_sent_as_it_was_when_written():
+    async with _hub(1) as (hub, clients):
+        def reuse(sinks, data):
+            buffer = bytearray(b"first")
+            sinks[0].transport.write(buffer)
+            buffer[:] = b"XXXXX"  # the caller's buffer changes before the flush
+
+        hub.script = reuse
+        clients[0].write(b"x")
+        sink = clients[1].wrappedProtocol
+        await _until(lambda: len(sink.data) >= 5, "the write")
+        assert sink.data == b"first"

@@ -595,6 +595,8 @@ class GossipTLSProtocol(TLSMemoryBIOProtocol):
     _gathered_len = 0
 
     def write(self, data):
+        if type(data) is not bytes:
+            data = bytes(data)  # held until the flush: a caller may reuse its buffer
         gathered = self._gathered
         if gathered is None:
             if self.disconnecting or self._lostTLSConnection:

@@ -127,6 +127,16 @@ class Penalty:
 # -- state ----------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Want:
+    """A record digest pings named that we lack (GossipCore._want)."""
+
+    version: int
+    due: float  # when to ask (again)
+    link_ids: list  # the links that named it, in the order they are asked
+    tries: int = 0  # ask rounds done
+
+
 @dataclass
 class LinkState:
     id: object
@@ -286,8 +296,7 @@ class GossipCore:
         #: as in progress (SYNC_TIMEOUT, then SYNC_SETTLE after each answer)
         self._sync_link = None
         self._sync_busy_until = 0.0
-        #: records digest pings named that we lack: peer_id -> [version,
-        #: when to ask, link ids that named it, asks sent] (ASK_DELAY)
+        #: records digest pings named that we lack: peer_id -> _Want (ASK_DELAY)
         self._wants = OrderedDict()
         #: the share of the refresh interval after which the own record is
         #: re-signed, drawn per copy in [1 - REFRESH_JITTER, 1]
@@ -640,37 +649,37 @@ class GossipCore:
         """A ping named a record we lack: ask for it ASK_DELAY from now if the
         push has not brought it by then (tick)."""
         want = self._wants.get(peer_id)
-        if want is None or want[0] < version:
+        if want is None or want.version < version:
             due = self.now() + ASK_DELAY
-            self._wants[peer_id] = [version, due, [link.id], 0]
+            self._wants[peer_id] = _Want(version, due, [link.id])
             if len(self._wants) > MAX_WANTS:
                 self._wants.popitem(last=False)
             if self._wakeup is not None and due < self._wakeup:
                 self._wakeup = due
-        elif want[0] == version and link.id not in want[2]:
-            want[2].append(link.id)
+        elif want.version == version and link.id not in want.link_ids:
+            want.link_ids.append(link.id)
 
     def _ask_wanted(self, now):
         actions = []
         for peer_id, want in list(self._wants.items()):
-            version, due, link_ids, tries = want
-            if due > now:
+            if want.due > now:
                 continue
             entry = self.table.get(peer_id)
-            if entry is not None and entry.record["version"] >= version:
+            if entry is not None and entry.record["version"] >= want.version:
                 del self._wants[peer_id]  # the push (or a sync) brought it
                 continue
             # the naming links in turn, one more each round (those gone dropped)
+            link_ids = want.link_ids
             asked = []
-            while link_ids and len(asked) <= tries:
+            while link_ids and len(asked) <= want.tries:
                 link = self.links.get(link_ids.pop(0))
                 if link is not None and link.hello_received:
                     asked.append(link.id)
                     actions += self._ask_for_record(link, peer_id)
             link_ids.extend(asked)
-            tries += 1
-            if link_ids and tries < ASK_TRIES:
-                want[1], want[3] = now + ASK_RETRY * 2 ** (tries - 1), tries
+            want.tries += 1
+            if link_ids and want.tries < ASK_TRIES:
+                want.due = now + ASK_RETRY * 2 ** (want.tries - 1)
             else:
                 del self._wants[peer_id]
         return actions
@@ -962,7 +971,7 @@ class GossipCore:
         if any(l.sync_deferred for l in self.links.values()):
             times.append(self._sync_busy_until)
         if self._wants:
-            times.append(min(w[1] for w in self._wants.values()))
+            times.append(min(w.due for w in self._wants.values()))
         return min(times)
 
     def _refresh_due(self):

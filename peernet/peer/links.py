@@ -198,8 +198,6 @@ class PreparedFrame:
     bytes, as in Autobahn's PreparedMessage), ``payload_len``."""
 
     __slots__ = ("payloadHybi", "payload_len")
-    doNotCompress = True
-    binary = True
 
     def __init__(self, wire, payload_len):
         self.payloadHybi = wire

@@ -414,14 +414,14 @@ class LinkMeter:
         if tokens > self.burst:
             tokens = self.burst
         self.refilled_at = now
-        last = self.last_frame
+        gap = None if self.last_frame is None else now - self.last_frame
         self.last_frame = now
         if tokens >= 1.0:
             self.tokens = tokens - 1.0
-            return True, (None if last is None else now - last)
+            return True, gap
         self.tokens = tokens
         self.excess += 1
-        return False, (None if last is None else now - last)
+        return False, gap
 
     def flood_penalty_due(self):
         """True for the first excess frame and every FLOOD_PENALTY_EVERY-th after."""

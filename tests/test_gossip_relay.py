@@ -249,3 +249,47 @@ def test_rtts_change_nothing_until_every_outbound_link_is_measured():
     assert [hub.me.links[f"out{i}"].eager for i in range(3)] == [True, True, False]
     hub.me.link_rtt("out0", 0.5)
     assert [hub.me.links[f"out{i}"].eager for i in range(3)] == [True, False, True]
+
+
+def test_own_publish_reaches_its_side_when_every_eager_link_is_black_holed():
+    """In a small network the origin pushes its own update over its eager links
+    only; when all of them lead into a cut that drops packets silently (the
+    netns partition chaos test, tests/chaos/test_partition.py), the rest of its
+    links must still learn of the change: the origin's own change schedules a
+    digest ping naming it, as any other table change does, and the neighbours
+    pull it within a second, not at the next heartbeat (HEARTBEAT_INTERVAL)."""
+    clock = HeapClock(START)
+    net = MemoryNetwork(clock, seed=5, latency=0.002)
+    for _ in range(9):
+        net.add_node()
+    for a in range(9):  # a full mesh; node 0 dials 1 and 2 first: its eager links
+        for b in range(a + 1, 9):
+            net.connect(net.nodes[a], net.nodes[b])
+    assert net.run_until(lambda: all(len(n.core.table) == 9 for n in net.nodes), 10.0)
+    net.run_until(lambda: False, 1.0)
+    origin = net.nodes[0]
+    eager_ends = {net.nodes[0].links[l][0] for l, s in origin.core.links.items() if s.eager}
+    side_a, side_b = {0, 5, 6, 7}, {1, 2, 3, 4, 8}
+    assert eager_ends and eager_ends <= side_b, eager_ends
+
+    sent = net._send
+
+    def black_hole(node, action):
+        if action.link in node.links and (
+                (node.index in side_a) != (node.links[action.link][0] in side_a)):
+            return  # dropped in the cut: no close, no error
+        sent(node, action)
+
+    net._send = black_hole
+    pushed = origin.core.set_repos([{"name": "cut"}])
+    assert {origin.links[a.link][0] for a in pushed if isinstance(a, Send)} <= side_b
+    net.process(origin, pushed)
+    order = origin.core.own.order
+    pid = origin.core.identity.peer_id
+
+    def side_a_has_it():
+        return all(net.nodes[i].core.table.get(pid).order >= order for i in side_a - {0})
+
+    took = net.run_until(side_a_has_it, 10.0)
+    assert took is not None and took < 1.5, took
+    assert not any(net.nodes[i].core.table.get(pid).order >= order for i in side_b)

@@ -383,6 +383,13 @@ class GossipCore:
         for link in self._publish_targets():
             link.mark_known(entry.hash)
             actions.append(self._send(link, frame, mtype))
+        if mtype is MessageType.PEER_UPDATE:
+            # A new version: the links the push skipped (in a small network
+            # all but the eager ones) get a ping naming it, as for any change
+            # we apply, so a cut or dead eager link does not leave them
+            # waiting for the next heartbeat.  A refresh (same version) names
+            # nothing a digest holds; the push carries it.
+            self._schedule_pings(entry, None)
         actions.append(TableChange("updated", entry.peer_id))
         return actions
 
@@ -740,6 +747,12 @@ class GossipCore:
             # Same identity, so no digest changed: nothing for a ping to name
             # and nothing for a neighbour to sync.  The push carries it.
             return actions
+        self._schedule_pings(entry, source)
+        return actions
+
+    def _schedule_pings(self, entry, source):
+        """A digest ping naming ``entry``, DIGEST_PING_DELAY (+ spread) from
+        now, to every ready link but ``source`` not known to hold it."""
         due = self.now() + constants.DIGEST_PING_DELAY + constants.DIGEST_PING_SPREAD * self.rng.random()
         version = entry.record["version"]
         for link in self._ready_links():
@@ -754,7 +767,6 @@ class GossipCore:
                 link.recent[entry.peer_id] = entry.order
             else:
                 link.recent_overflow = True
-        return actions
 
     def _relayable(self, msg):
         """Enough of the timestamp window left to relay ``msg`` safely."""

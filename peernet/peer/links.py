@@ -39,8 +39,12 @@ from autobahn.twisted.websocket import (
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
 from autobahn.websocket.types import ConnectionDeny
+from OpenSSL.SSL import WantReadError
+from twisted.internet import tcp
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from peernet import constants
 from peernet.tls import peer_id_of_transport
@@ -513,7 +517,159 @@ class GossipClientFactory(WebSocketClientFactory):
         return protocol
 
 
-class _BoundedTLSFactory(TLSMemoryBIOFactory):
+# -- TLS: writes gathered per read, sent in the same reactor turn ------------------------
+#
+# Twisted's TLS layer (BufferingTLSTransport) gathers a connection's small
+# writes until a callLater(0) of its own fires, encrypts them as one record
+# and hands the bytes to the TCP transport, which queues them for the next
+# poll: per link and per reactor turn, a DelayedCall, an epoll_ctl to watch
+# the socket, a poll result, a doWrite dispatch and an epoll_ctl to stop.
+# A gossip node writes mostly in answer to what it reads (a relay: one frame
+# in, three out), so here writes are gathered while a received chunk of bytes
+# is handled (a "send batch", opened by GossipTLSProtocol.dataReceived), and
+# at its end every link written to encrypts its gathered bytes once and sends
+# them at once when nothing is queued before them (write_now).  Writes made
+# outside a batch (timers, the handshake) are gathered until one callLater(0)
+# for all links, as Twisted's are per link.  Measured in docs/costs.md.
+
+_SOCKET_TRANSPORTS = (tcp.Server, tcp.Client)
+#: Bytes gathered for one link past which they are written without waiting
+#: for the batch's end (Twisted's aggregator uses the same bound).
+MAX_GATHERED = 64_000
+
+
+def write_now(transport, data):
+    """Write ``data`` to a TCP transport, sending at once what the socket takes.
+
+    When nothing is queued before ``data`` (so the order of bytes cannot
+    change), send it now through the transport's own ``writeSomeData`` (one
+    ``send``) and queue only what the socket did not take.  Anything else
+    (bytes already queued, the connection closing or aborted, a send error, a transport
+    that is not a plain TCP socket, e.g. one through a SOCKS proxy) goes to
+    ``transport.write`` unchanged, where Twisted handles it as always (an
+    error closes the connection on the next turn).
+    """
+    if (type(transport) in _SOCKET_TRANSPORTS and transport.connected
+            and not transport.disconnecting and not transport._aborting
+            and not transport._writeDisconnected and not transport.TLS
+            and not transport._tempDataBuffer
+            and transport.offset == len(transport.dataBuffer)):
+        sent = transport.writeSomeData(data)
+        if type(sent) is int:
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)
+
+
+class _SendBatch:
+    """The links written to since the last flush (one reactor thread)."""
+
+    depth = 0  # > 0 while a received chunk is being handled
+    scheduled = None  # the callLater(0) flush for writes outside a batch
+
+    def __init__(self):
+        self.dirty = []
+
+    def flush(self):
+        self.scheduled = None
+        while self.dirty:
+            dirty, self.dirty = self.dirty, []
+            for protocol in dirty:
+                try:
+                    protocol.flush_gathered()
+                except Exception:
+                    log.failure("flushing a gossip link's writes failed")
+
+
+_batch = _SendBatch()
+
+
+class GossipTLSProtocol(TLSMemoryBIOProtocol):
+    """Twisted's TLS layer with the send batch above in place of its own
+    per-connection aggregator.  Everything else is Twisted's."""
+
+    _gathered = None  # list of bytes written since the last flush, or None
+    _gathered_len = 0
+
+    def write(self, data):
+        if type(data) is not bytes:
+            data = bytes(data)  # held until the flush: a caller may reuse its buffer
+        gathered = self._gathered
+        if gathered is None:
+            if self.disconnecting or self._lostTLSConnection:
+                return TLSMemoryBIOProtocol.write(self, data)  # Twisted's rules
+            self._gathered = [data]
+            self._gathered_len = len(data)
+            _batch.dirty.append(self)
+            if _batch.depth == 0 and _batch.scheduled is None:
+                _batch.scheduled = self.factory._clock.callLater(0, _batch.flush)
+            return
+        gathered.append(data)
+        self._gathered_len += len(data)
+        if self._gathered_len > MAX_GATHERED:
+            self.flush_gathered()
+
+    def writeSequence(self, iovec):
+        self.write(b"".join(iovec))
+
+    def flush_gathered(self):
+        """Encrypt what was written since the last flush, and send it."""
+        gathered = self._gathered
+        if gathered is None:
+            return
+        self._gathered = None
+        TLSMemoryBIOProtocol.write(self, gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def dataReceived(self, data):
+        _batch.depth += 1
+        try:
+            TLSMemoryBIOProtocol.dataReceived(self, data)
+        finally:
+            _batch.depth -= 1
+            if _batch.depth == 0 and _batch.dirty:
+                _batch.flush()
+
+    def _flushSendBIO(self):
+        # The one place the TLS layer hands bytes to the TCP transport.
+        try:
+            data = self._tlsConnection.bio_read(2**15)
+        except WantReadError:
+            return  # nothing in the send BIO
+        write_now(self.transport, data)
+
+    def loseConnection(self):
+        self.flush_gathered()
+        TLSMemoryBIOProtocol.loseConnection(self)
+
+    def connectionLost(self, reason):
+        self._gathered = None
+        TLSMemoryBIOProtocol.connectionLost(self, reason)
+
+
+class GossipTLSFactory(TLSMemoryBIOFactory):
+    """:class:`TLSMemoryBIOFactory` building :class:`GossipTLSProtocol`."""
+
+    protocol = GossipTLSProtocol
+    noisy = False
+
+
+@implementer(IStreamClientEndpoint)
+class GossipTLSClientEndpoint:
+    """``wrapClientTLS(creator, plain)`` with :class:`GossipTLSProtocol`; the
+    connected protocol is the wrapped (WebSocket) one, as there."""
+
+    def __init__(self, creator, plain):
+        self._creator = creator
+        self._plain = plain
+
+    def connect(self, factory):
+        d = self._plain.connect(GossipTLSFactory(self._creator, True, factory))
+        d.addCallback(lambda tls: tls.wrappedProtocol)
+        return d
+
+
+class _BoundedTLSFactory(GossipTLSFactory):
     """Server-side TLS wrapper that refuses raw connections past a cap.
 
     ``admit()`` is asked before any TLS work; False closes the socket at once

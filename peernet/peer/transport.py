@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 from autobahn.websocket.types import ConnectionDeny
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, serverFromString, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -67,6 +67,7 @@ from peernet.peer.links import (
     CLOSE_HANDSHAKE_TIMEOUT,
     GossipClientFactory,
     GossipLink,
+    GossipTLSClientEndpoint,
     prepare_frame,
     tls_server_factory,
 )
@@ -960,7 +961,7 @@ class GossipService(service.Service):
                                      bindAddress=self.bind_address)
         factory = GossipClientFactory(self, link, address)
         log.debug("dialling {peer_id} (link {link_id})", peer_id=entry.peer_id, link_id=link.id)
-        d = wrapClientTLS(creator, plain).connect(factory)
+        d = GossipTLSClientEndpoint(creator, plain).connect(factory)
         link.connect_deferred = d
         link.deadline = self.reactor.callLater(self.dial_timeout + 1.0, self._dial_deadline, link)
 

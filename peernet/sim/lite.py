@@ -14,7 +14,8 @@ tables are otherwise converged:
 and applies the same rules as ``peernet.gossip.core.GossipCore``:
 
 * the origin pushes PEER_UPDATE (TTL 32) to every link, marks them known, and
-  schedules no digest ping (``_publish`` does not);
+  schedules no digest ping (``_publish`` pings only the links it skipped,
+  and at these sizes, ``4 * D <= N``, it skips none);
 * a push that changes the table is forwarded with TTL-1 (if TTL > 0) to
   ``fanout`` random links other than the source that are not known to hold
   it (marked known); any other push is a duplicate;

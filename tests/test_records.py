@@ -71,3 +71,35 @@ def test_signed_request_over_exact_bytes():
         open_signed_request(spaced, sig, "RegisterRequest", now)
     with pytest.raises(BadRequest):
         open_signed_request(body, "not base64!", "RegisterRequest", now)
+
+
+def test_the_verified_record_cache_stays_small_however_many_records_pass():
+    """Every refresh is new bytes, so a long-lived peer sees unbounded distinct
+    records: the cache of verified ones keeps at most RECORD_CACHE_SIZE, a few
+    MB, and still answers a repeat without a second verification."""
+    import tracemalloc
+
+    from peernet import records
+    from peernet.records import RECORD_CACHE_SIZE, canonical_json, make_record, record_from_bytes
+
+    ident = NodeIdentity.generate()
+    records._record_from_bytes.cache_clear()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for v in range(RECORD_CACHE_SIZE + 1500):
+            signed = make_record(ident, [f"wss://127.0.0.1:{1000 + v % 60000}/gossip"], version=v + 1,
+                                 issued_at_ms=1_800_000_000_000 + v)
+            record_from_bytes(canonical_json(signed["record"]),
+                              records.b64decode(signed["signature"], "signature"))
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    info = records._record_from_bytes.cache_info()
+    assert info.currsize == RECORD_CACHE_SIZE
+    assert held < 8 * 1024 * 1024, held
+    # the newest is still cached: checking it again verifies nothing
+    misses = info.misses
+    record_from_bytes(canonical_json(signed["record"]), records.b64decode(signed["signature"], "signature"))
+    assert records._record_from_bytes.cache_info().misses == misses
+    records._record_from_bytes.cache_clear()

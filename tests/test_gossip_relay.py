@@ -293,3 +293,24 @@ def test_own_publish_reaches_its_side_when_every_eager_link_is_black_holed():
     took = net.run_until(side_a_has_it, 10.0)
     assert took is not None and took < 1.5, took
     assert not any(net.nodes[i].core.table.get(pid).order >= order for i in side_b)
+
+
+def test_a_closed_eager_link_hands_its_mark_to_the_fastest_measured_outbound_link():
+    hub = Hub()
+    for i in range(4):
+        hub.link(f"out{i}", True)
+    me = hub.me
+    me.link_rtt("out3", 0.030)
+    me.link_rtt("out2", 0.010)  # not every link measured: the marks stay put
+    assert [me.links[f"out{i}"].eager for i in range(4)] == [True, True, False, False]
+    assert me.link_closed("out0") == []
+    # out2, the fastest measured, is eager at once, and the next tick tells its other end
+    assert sorted(n for n, l in me.links.items() if l.eager) == ["out1", "out2"]
+    assert me.next_wakeup() <= hub.clock.seconds()
+    frames = {a.link: codec.decode(a.frame) for a in me.tick() if isinstance(a, Send)}
+    assert frames["out2"].body["eager"] is True and "out3" not in frames
+    hub.peers["out2"].receive("P", me_frame(me, frames["out2"]))
+    assert hub.peers["out2"].links["P"].eager
+    # the connection manager's replacement dial finds the marks taken
+    body, _ = hub.link("replacement", True)
+    assert "eager" not in body and not me.links["replacement"].eager

@@ -443,7 +443,23 @@ class GossipCore:
             self._sync_link = None  # a deferred sync may start at once
         for rid in [r for r, (lid, _) in self.routes.items() if lid == link_id]:
             del self.routes[rid]
+        if link.eager_local:
+            self._promote_eager()
         return []
+
+    def _promote_eager(self):
+        """An eager outbound link closed: the fastest measured outbound links
+        not marked take its mark now, rather than the replacement the
+        connection manager dials (which, unmeasured, would take it on opening,
+        seconds later).  With none measured, that replacement still does."""
+        outs = [l for l in self.links.values() if l.outbound]
+        missing = constants.EAGER_LINKS - sum(1 for l in outs if l.eager_local)
+        spare = sorted((l for l in outs if not l.eager_local and l.hello_received
+                        and l.rtt is not None), key=lambda l: l.rtt)
+        now = self.now()
+        for l in spare[:max(0, missing)]:
+            l.eager_local = True
+            self._announce_eager(l, now)
 
     def _ready_links(self):
         # Asked two or three times per relayed push: kept until a link opens,
@@ -811,11 +827,14 @@ class GossipCore:
         now = self.now()
         for l in changed:
             l.eager_local = l in eager
-            l.announce_eager = True
-            if l.ping_due is None or l.ping_due > now:
-                l.ping_due = now  # tell the other end at the next tick
-        if changed:
-            self._wakeup = None
+            self._announce_eager(l, now)
+
+    def _announce_eager(self, link, now):
+        """Tell the other end of ``link`` its eager mark at the next tick."""
+        link.announce_eager = True
+        if link.ping_due is None or link.ping_due > now:
+            link.ping_due = now
+        self._wakeup = None
 
     def _relay_targets(self, msg, from_link, record_hash):
         """Where a push that changed our table goes next (docs/protocol.md, "Push").

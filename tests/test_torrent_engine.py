@@ -3,6 +3,7 @@
 import os
 import random
 import subprocess
+import time
 
 import pytest
 import pytest_twisted
@@ -148,6 +149,27 @@ async def test_download_uses_two_seeders_at_once(tmp_path, engines):
     assert await verify(path, m) == []
     assert set(dl.sources) == set(peers)
     assert all(dl.sources[p] > 4_000_000 for p in peers), dl.sources
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_session_upload_cap_holds_for_a_peer_on_the_local_network(tmp_path, engines):
+    """``--upload-limit`` is the session's upload_rate_limit.  libtorrent
+    exempts peers on the local network (loopback included) from it unless the
+    engine puts them in the global peer class; then 3 MB at 1 MB/s take ~3 s,
+    where unthrottled loopback takes a fraction of a second."""
+    src = write_repo(str(tmp_path / "src" / "capped"), [3_000_000])
+    m = await build(src)
+    s = await engines("s", listen_interfaces="127.0.0.31:0",
+                      settings={"upload_rate_limit": 1_000_000})
+    d = await engines("d", listen_interfaces="127.0.0.32:0")
+    await bounded(s.seed(m))
+    started = time.monotonic()
+    dl = d.download(m.summary(), str(tmp_path / "dst"),
+                    peers=[("127.0.0.31", s.listen_port())])
+    path = await bounded(dl.done)
+    took = time.monotonic() - started
+    assert await verify(path, m) == []
+    assert took >= 1.5, f"3 MB arrived in {took:.2f} s past a 1 MB/s cap"
 
 
 @pytest_twisted.ensureDeferred

@@ -489,6 +489,20 @@ class _AlertPipe:
                 pass
 
 
+def rate_limit_every_peer(session):
+    """Put every peer address in libtorrent's global peer class.
+
+    By default libtorrent puts peers on the local network (loopback, 10/8,
+    172.16/12, 192.168/16 and their IPv6 kin) in its *local* class, which the
+    session's rate limits do not apply to; ``--upload-limit`` is a cap on all
+    BitTorrent upload, a LAN neighbour's included."""
+    every = lt.ip_filter()
+    everyone = 1 << lt.session.global_peer_class_id
+    every.add_rule("0.0.0.0", "255.255.255.255", everyone)
+    every.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", everyone)
+    session.set_peer_class_filter(every)
+
+
 class TorrentEngine(Service):
     """A Twisted service owning one libtorrent session.
 
@@ -597,6 +611,7 @@ class TorrentEngine(Service):
         """Thread: create the session and read saved resume files."""
         os.makedirs(self.resume_dir, exist_ok=True)
         session = lt.session(settings)
+        rate_limit_every_peer(session)
         saved = []
         for entry in sorted(os.listdir(self.resume_dir)):
             if not entry.endswith(RESUME_SUFFIX):

@@ -110,6 +110,9 @@ def test_dashboard_in_a_real_browser(tmp_path, browser):
     expected = make_repo(films, "films", [6 * MiB, 1234, 2 * MiB], stem="reel", subdir="extras")
     with DevNet(str(tmp_path / "net"), broadcasting=0, silent=0) as net:
         seeder = net.add_peer("peer1", broadcast=True, host="127.0.0.10",
+                              # 4 MiB/s: the 8 MiB take ~2 s, progress events
+                              # every 0.5 s (the cap holds on loopback since the
+                              # engine puts local peers in the global peer class)
                               extra=["--share", f"films={films}", "--upload-limit", "4096"])
         other = net.add_peer("peer2", broadcast=True, host="127.0.0.11")
         silent = net.add_peer("silent1", broadcast=False, host="127.0.0.77")

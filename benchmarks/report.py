@@ -404,6 +404,19 @@ def latency_section(w, lat):
       "pings named changes' (the same push, so the same times; only its bytes differ).\n")
 
 
+
+def _real_frame_cost(cal):
+    """The real runs' CPU per frame (peers' CPU from POST to last delivery /
+    frames), from the convergence files the calibration was compared with."""
+    parts = []
+    for path in sorted({r["real_file"] for r in cal["runs"]},
+                       key=lambda p: "100" in p):
+        with open(os.path.join(ROOT, path)) as f:
+            p = json.load(f)["peernet"]
+        ms = 1000 * p["peers_cpu_s_per_round_propagation"] / p["messages_per_round"]
+        parts.append(f"{ms:.2f} ms at {p['n']} peers")
+    return " and ".join(parts)
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="store_true", help="run benchmarks/sim.py all first")
@@ -805,7 +818,7 @@ def main(argv=None):
           "with 12 ms / 4 ms delays, fitted by hand to both runs: the model runs a peer as soon as a "
           "core is free, while the kernel wakes 100 processes on 2 cores with a latency of its own, "
           "which the fit absorbs (the real runs' own per-frame cost, peers' CPU from POST to last "
-          "delivery / frames, is 0.12 ms at 30 peers and 0.21 ms at 100: one factor cannot fit both sizes).\n")
+          f"delivery / frames, is {_real_frame_cost(cal)}: one factor cannot fit both sizes).\n")
         w("| N | model | t100 median (real) | t100 p99 (real) | duplicates / delivery (real) | frames / round (real) | "
           "margin t100 median / p99 / duplicates |")
         w("|---:|---|---:|---:|---:|---:|---:|")

@@ -248,7 +248,7 @@ def idle_model(n, bytes_per_refresh, miss_run, links_per_peer, sizes):
 #: third pass (04:36 UTC: 210 instead of 300 us per relayed message, a
 #: quarter fewer digest pings), where 2.0 gave +35 % at 30 peers and +21 % at
 #: 100, and 1.0 gave -24 % and -37 %.  Refitted to 1.2 against the runs of
-#: session 16 (10:45 UTC: gossip links' TLS writes gathered per received
+#: session 16 (10:43 UTC: gossip links' TLS writes gathered per received
 #: chunk, real time-to-100 % 0.022 s at 30 peers and 0.060 s at 100, from
 #: 0.025 and 0.069), where 1.6 gave +38 % at 30 peers and +16 % at 100, and
 #: 1.2 gives +22 % and -7 %.

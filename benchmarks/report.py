@@ -408,14 +408,13 @@ def latency_section(w, lat):
 def _real_frame_cost(cal):
     """The real runs' CPU per frame (peers' CPU from POST to last delivery /
     frames), from the convergence files the calibration was compared with."""
-    parts = []
-    for path in sorted({r["real_file"] for r in cal["runs"]},
-                       key=lambda p: "100" in p):
+    runs = []
+    for path in {r["real_file"] for r in cal["runs"]}:
         with open(os.path.join(ROOT, path)) as f:
-            p = json.load(f)["peernet"]
-        ms = 1000 * p["peers_cpu_s_per_round_propagation"] / p["messages_per_round"]
-        parts.append(f"{ms:.2f} ms at {p['n']} peers")
-    return " and ".join(parts)
+            runs.append(json.load(f)["peernet"])
+    return " and ".join(
+        f"{1000 * p['peers_cpu_s_per_round_propagation'] / p['messages_per_round']:.2f} ms "
+        f"at {p['n']} peers" for p in sorted(runs, key=lambda p: p["n"]))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

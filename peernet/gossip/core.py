@@ -448,10 +448,12 @@ class GossipCore:
         return []
 
     def _promote_eager(self):
-        """An eager outbound link closed: the fastest measured outbound links
-        not marked take its mark now, rather than the replacement the
-        connection manager dials (which, unmeasured, would take it on opening,
-        seconds later).  With none measured, that replacement still does."""
+        """Fewer than EAGER_LINKS outbound links marked (an eager link closed,
+        or marks are being redistributed): the fastest measured ones take the
+        missing marks now.  After a close that beats waiting for the
+        replacement the connection manager dials (which, unmeasured, would
+        take the mark on opening, seconds later); with none measured, that
+        replacement still does."""
         outs = [l for l in self.links.values() if l.outbound]
         missing = constants.EAGER_LINKS - sum(1 for l in outs if l.eager_local)
         spare = sorted((l for l in outs if not l.eager_local and l.hello_received
@@ -811,12 +813,10 @@ class GossipCore:
         outs = [l for l in self._ready_links() if l.outbound]
         if len(outs) <= constants.EAGER_LINKS or any(l.rtt is None for l in outs):
             return  # all of them are marked, or not every one measured yet
+        self._promote_eager()  # marks missing: the fastest take them
         eager = [l for l in outs if l.eager_local]
         others = sorted((l for l in outs if not l.eager_local), key=lambda l: l.rtt)
         changed = []
-        while len(eager) < constants.EAGER_LINKS and others:
-            changed.append(others[0])
-            eager.append(others.pop(0))
         while others:
             slow = max(eager, key=lambda l: (l.rtt, outs.index(l)))  # ties: the later dial
             if not others[0].rtt < constants.EAGER_SWAP_RATIO * slow.rtt:

@@ -192,7 +192,8 @@ class PeerTable:
         """
         record = entry.record
         issued = record["issued_at"] / 1000.0
-        if issued + entry.lifetime <= now:  # expires_at
+        expires = issued + entry.lifetime  # expires_at
+        if expires <= now:
             return None
         if issued > now + constants.CLOCK_SKEW_SECONDS:
             return None
@@ -204,8 +205,8 @@ class PeerTable:
             self._remove(old)
         self._entries[peer_id] = entry
         self._by_hash[entry.hash] = entry
-        if issued + entry.lifetime < self._soonest:
-            self._soonest = issued + entry.lifetime
+        if expires < self._soonest:
+            self._soonest = expires
         ident = entry.ident
         self._buckets[int(peer_id[:2], 16)] ^= ident  # bucket
         self._digest ^= ident

@@ -3,8 +3,8 @@
 
 The in-process half of ``benchmarks/costs.py``'s CPU measurement: the same
 workload (a table preloaded with M signed records, 8 ready links, M
-PEER_UPDATE frames carrying a new version of each record, relayed to FANOUT
-links) fed straight into ``GossipCore.receive`` on a virtual clock, so the
+PEER_UPDATE frames carrying a new version of each record, past the flood
+phase, so relayed over the 3 eager links) fed straight into ``GossipCore.receive`` on a virtual clock, so the
 protocol's own cost is seen without TLS, Autobahn or the reactor.  Reports
 µs per message (process CPU time) and, with ``--profile``, the top functions
 by cumulative time (cProfile).
@@ -34,7 +34,7 @@ from peernet.gossip.table import entry_from_wire  # noqa: E402
 from peernet.identity import NodeIdentity  # noqa: E402
 
 # the same keys, records and frames as costs.py's socket measurement
-from costs import Key, build_frames, wire_record  # noqa: E402
+from costs import EAGER_SINKS, Key, build_frames, wire_record  # noqa: E402
 
 START = 1_800_000_000.0
 
@@ -52,9 +52,17 @@ def setup(keys, links=8):
         "id": os.urandom(16), "ts": ts, "versions": [constants.PROTOCOL_VERSION], "bc": False,
         "repos": 0, "digest": core.table.digest(), "n": len(core.table)})
     hello = codec.encode(MessageType.HELLO, 0, hello_body)
+    # As in costs.py: past the flood phase the push goes over the eager links,
+    # EAGER_SINKS links that marked themselves eager plus one outbound link of
+    # ours (its mark set here as the connection manager's dial sets it).
+    eager_hello = codec.encode(MessageType.HELLO, 0, codec.encode_body(
+        MessageType.HELLO, {**codec.decode(hello).body, "eager": True}))
     for i in range(links):
-        core.link_opened(i, outbound=False, tls_peer_id=None)
-        core.receive(i, hello)
+        outbound = i == links - 1
+        core.link_opened(i, outbound=outbound, tls_peer_id=None)
+        if outbound:
+            core.links[i].eager_local = True
+        core.receive(i, eager_hello if 1 <= i <= EAGER_SINKS else hello)
     return clock, core
 
 

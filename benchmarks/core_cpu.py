@@ -4,8 +4,9 @@
 The in-process half of ``benchmarks/costs.py``'s CPU measurement: the same
 workload (a table preloaded with M signed records, 8 ready links, M
 PEER_UPDATE frames carrying a new version of each record, past the flood
-phase, so relayed over the 3 eager links) fed straight into ``GossipCore.receive`` on a virtual clock, so the
-protocol's own cost is seen without TLS, Autobahn or the reactor.  Reports
+phase, so relayed over the 3 eager links) fed straight into
+``GossipCore.receive`` on a virtual clock, so the protocol's own cost is
+seen without TLS, Autobahn or the reactor.  Reports
 µs per message (process CPU time) and, with ``--profile``, the top functions
 by cumulative time (cProfile).
 

@@ -625,8 +625,8 @@ def main(argv=None):
           f"{cpu['peer']:.0f} us vs echo {cpu['echo']:.0f} us in the same run, kernel's placement "
           f"({cpu['ratio_vs_echo']:.1f}x; {cpu['ratio_vs_relay3']:.1f}x a bare relay to 3 links) | "
           f"{verdict}{floor}; the ratio moves with the host's load and with placement (every run of "
-          f"two days, both placements, and why the floor sets it: docs/costs.md, 'Fourth pass' "
-          f"and 'Fifth pass'); "
+          f"two days, both placements, two host states, and why the floor sets it: docs/costs.md, "
+          f"'Fourth pass' to 'Sixth pass'); "
           f"one Ed25519 signature per PEER_UPDATE since protocol version 2, "
           f"the rest is CPython per-message work (see 'Real-process costs') |")
     w("")

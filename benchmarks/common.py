@@ -45,6 +45,20 @@ def write_results(stem, report, markdown, indent=1):
     return json_path, md_path
 
 
+#: docs/costs.md: costs.py's table (benchmarks/results/costs.md) down to this
+#: heading, the hand-written history of the measurements from it on.
+COSTS_HISTORY = "### Before and after the hot-path work"
+
+
+def splice_costs(measured, doc):
+    """docs/costs.md's text with its measured part replaced by ``measured``
+    (costs.py's markdown, which ``report.py --real`` copies in); the history
+    from COSTS_HISTORY on is kept as it is."""
+    measured = measured.rstrip("\n") + "\n"
+    at = doc.find(COSTS_HISTORY)
+    return measured if at < 0 else measured + "\n" + doc[at:]
+
+
 def open_event_stream(node, timeout=10.0):
     """Connect to ``node``'s ``/api/events`` and read past the 200 header.
 

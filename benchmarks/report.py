@@ -33,6 +33,8 @@ sys.path.insert(0, ROOT)
 
 from peernet.sim import experiments as E  # noqa: E402
 
+from common import splice_costs  # noqa: E402  (benchmarks/, this script's directory)
+
 RECORD_REFRESH_INTERVAL = 1800.0
 HEARTBEAT_INTERVAL = 30.0
 
@@ -422,18 +424,7 @@ def _real_frame_cost(cal):
         f"{1000 * p['peers_cpu_s_per_round_propagation'] / p['messages_per_round']:.2f} ms "
         f"at {p['n']} peers" for p in sorted(runs, key=lambda p: p["n"]))
 
-#: docs/costs.md: costs.py's table (benchmarks/results/costs.md) down to this
-#: heading, the hand-written history of the measurements from it on.
-COSTS_HISTORY = "### Before and after the hot-path work"
 COSTS_DOC = os.path.join(ROOT, "docs", "costs.md")
-
-
-def splice_costs(measured, doc):
-    """docs/costs.md's text with its measured part replaced by ``measured``
-    (costs.py's markdown); the history from COSTS_HISTORY on is kept as it is."""
-    measured = measured.rstrip("\n") + "\n"
-    at = doc.find(COSTS_HISTORY)
-    return measured if at < 0 else measured + "\n" + doc[at:]
 
 
 def run_real():

@@ -41,7 +41,7 @@ Three measurements, every one on real ``twist peer`` processes on loopback:
    ``/proc/PID/stat`` over the injection window, minus its idle rate measured
    just before; divided by M.  The echo and relay runs follow the peer run in
    each round (same frames).  Then one extra peer round runs under py-spy
-   (a throwaway venv's ``py-spy``, sampling the target) to show where the time
+   (``py-spy`` from the bench extra, sampling the target) to show where the time
    goes; the ratio comes from the unprofiled rounds.
 
 Run with the project's venv::
@@ -77,7 +77,11 @@ RESULTS_DIR = HERE / "results"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-PYSPY = "/tmp/pyspy-venv/bin/py-spy"
+# py-spy (the bench extra) from this venv, else a throwaway venv's; with
+# neither, the profiled round is skipped.
+PYSPY = os.path.join(os.path.dirname(sys.executable), "py-spy")
+if not os.path.exists(PYSPY):
+    PYSPY = "/tmp/pyspy-venv/bin/py-spy"
 TARGET_HOST = "127.0.0.10"
 ECHO_HOST = "127.0.0.20"
 SERVER_HOST = "127.0.0.30"  # the helper's gossip server (the target's outbound link)

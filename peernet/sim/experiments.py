@@ -252,8 +252,10 @@ def idle_model(n, bytes_per_refresh, miss_run, links_per_peer, sizes):
 #: chunk, real time-to-100 % 0.022 s at 30 peers and 0.060 s at 100, from
 #: 0.025 and 0.069), where 1.6 gave +38 % at 30 peers and +16 % at 100, and
 #: 1.2 gives +22 % and -7 %.  Kept at 1.2 in session 17, when the same code
-#: ran slower on a busier host (12:05 UTC: 0.026 and 0.075 s; 1.2 gives +3 %
-#: and -25 %): a factor refitted to every host state would chase the host.
+#: ran slower on a busier host (12:05 UTC: 0.026 and 0.075 s; 1.2 gave +3 %
+#: and -25 %), then near yesterday's speed again (12:40 UTC: 0.025 and
+#: 0.063 s; +5 % and -11 %): a factor refitted to every host state would
+#: chase the host.
 CALIBRATED_SCALE = 1.2
 
 

@@ -24,8 +24,8 @@ import sys
 try:
     import matplotlib
 except ImportError:  # the bench extra is not in the test install
-    sys.exit("report.py draws its plots with matplotlib: "
-             "run .venv/bin/pip install -e '.[bench]' first")
+    sys.exit("report.py draws its plots with matplotlib, which ./scripts/bench.sh installs "
+             "(the bench extra) before it runs this script")
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

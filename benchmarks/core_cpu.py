@@ -48,22 +48,22 @@ def setup(keys, links=8):
     for key in keys:
         rb, rsig = wire_record(key, 1, ts)
         core.table.offer(entry_from_wire(rb, rsig, START), START)
-    peer = NodeIdentity.generate()
-    hello_body = codec.encode_body(MessageType.HELLO, {
-        "id": os.urandom(16), "ts": ts, "versions": [constants.PROTOCOL_VERSION], "bc": False,
-        "repos": 0, "digest": core.table.digest(), "n": len(core.table)})
-    hello = codec.encode(MessageType.HELLO, 0, hello_body)
+    fields = {"id": os.urandom(16), "ts": ts, "versions": [constants.PROTOCOL_VERSION],
+              "bc": False, "repos": 0, "digest": core.table.digest(), "n": len(core.table)}
+
+    def hello(eager):
+        return codec.encode(MessageType.HELLO, 0,
+                            codec.encode_body(MessageType.HELLO, dict(fields, eager=eager)))
+
     # As in costs.py: past the flood phase the push goes over the eager links,
     # EAGER_SINKS links that marked themselves eager plus one outbound link of
     # ours (its mark set here as the connection manager's dial sets it).
-    eager_hello = codec.encode(MessageType.HELLO, 0, codec.encode_body(
-        MessageType.HELLO, {**codec.decode(hello).body, "eager": True}))
     for i in range(links):
         outbound = i == links - 1
         core.link_opened(i, outbound=outbound, tls_peer_id=None)
         if outbound:
             core.links[i].eager_local = True
-        core.receive(i, eager_hello if 1 <= i <= EAGER_SINKS else hello)
+        core.receive(i, hello(1 <= i <= EAGER_SINKS))
     return clock, core
 
 

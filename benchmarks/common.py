@@ -52,7 +52,7 @@ COSTS_HISTORY = "### Before and after the hot-path work"
 
 def splice_costs(measured, doc):
     """docs/costs.md's text with its measured part replaced by ``measured``
-    (costs.py's markdown, which ``report.py --real`` copies in); the history
+    (costs.py's markdown, which ``report.py`` copies in on every render); the history
     from COSTS_HISTORY on is kept as it is."""
     measured = measured.rstrip("\n") + "\n"
     at = doc.find(COSTS_HISTORY)

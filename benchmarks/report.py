@@ -7,8 +7,8 @@
 
 ``--real`` first reruns the real-process benchmarks the report quotes:
 ``benchmarks/convergence.py`` at 30 and at 100 peers (Serf alongside: needs
-the Debian package ``serf``) and ``benchmarks/costs.py``, whose table then
-replaces the measured part of docs/costs.md.  ``--run`` calls
+the Debian package ``serf``) and ``benchmarks/costs.py``.  Every render copies
+costs.py's stored table into the top of docs/costs.md.  ``--run`` calls
 ``benchmarks/sim.py all`` (add ``--max-n 10000`` to skip the 100 000-peer
 runs); it comes after the real runs, since the simulator's calibration is
 checked against them.  Plots use matplotlib's Agg backend.
@@ -417,7 +417,6 @@ def latency_section(w, lat):
       "pings named changes' (the same push, so the same times; only its bytes differ).\n")
 
 
-
 def _real_frame_cost(cal):
     """The real runs' CPU per frame (peers' CPU from POST to last delivery /
     frames), from the convergence files the calibration was compared with."""
@@ -429,7 +428,26 @@ def _real_frame_cost(cal):
         f"{1000 * p['peers_cpu_s_per_round_propagation'] / p['messages_per_round']:.2f} ms "
         f"at {p['n']} peers" for p in sorted(runs, key=lambda p: p["n"]))
 
+
 COSTS_DOC = os.path.join(ROOT, "docs", "costs.md")
+
+
+def costs_page():
+    """docs/costs.md with costs.py's stored table (benchmarks/results/costs.md)
+    as its measured part, rewritten when that changed it; returns the text.
+    Done on every render, so a rerun of costs.py followed by this script (or
+    --real) never leaves the page quoting an older run."""
+    with open(COSTS_DOC) as f:
+        doc = f.read()
+    measured_path = os.path.join(RESULTS, "costs.md")
+    if not os.path.exists(measured_path):
+        return doc
+    with open(measured_path) as f:
+        page = splice_costs(f.read(), doc)
+    if page != doc:
+        with open(COSTS_DOC, "w") as f:
+            f.write(page)
+    return page
 
 
 def run_real():
@@ -445,12 +463,6 @@ def run_real():
     ]
     for args in runs:
         subprocess.run([sys.executable, os.path.join(bench, args[0])] + args[1:], check=True)
-    with open(os.path.join(RESULTS, "costs.md")) as f:
-        measured = f.read()
-    with open(COSTS_DOC) as f:
-        doc = f.read()
-    with open(COSTS_DOC, "w") as f:
-        f.write(splice_costs(measured, doc))
 
 
 def main(argv=None):
@@ -1037,10 +1049,8 @@ def main(argv=None):
       "it syncs the full table from each at once; sync with one link first and only compare "
       "digests on the others afterwards.")
     # The real-process cost figures come from benchmarks/costs.py (docs/costs.md).
-    costs = os.path.join(ROOT, "docs", "costs.md")
-    if os.path.exists(costs):
-        with open(costs) as f:
-            text = f.read().strip()
+    if os.path.exists(COSTS_DOC):
+        text = costs_page().strip()
         w("")
         w(text if text.startswith("## ") else "## Real-process costs\n\n" + text)
     with open(DOC, "w") as f:

@@ -1,4 +1,4 @@
-"""benchmarks/report.py --real copies costs.py's table into docs/costs.md
+"""benchmarks/report.py copies costs.py's table into docs/costs.md
 (benchmarks/common.py ``splice_costs``): the measured part is replaced, the
 hand-written history kept byte for byte."""
 
@@ -34,7 +34,7 @@ def test_splice_without_a_history_is_the_measured_part_alone():
 
 def test_docs_costs_quotes_the_stored_run():
     # The page's measured part is the stored run's own text: a rerun of
-    # costs.py without `report.py --real` (or a hand edit of the figures)
+    # costs.py without `report.py` after it (or a hand edit of the figures)
     # shows up here.
     with open(os.path.join(ROOT, "benchmarks", "results", "costs.md")) as f:
         measured = f.read()

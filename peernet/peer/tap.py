@@ -45,7 +45,9 @@ class Options(_Options):
         ["downloads", None, None, "Directory downloads go to (default: STATE_DIR/downloads)."],
         ["torrent-port", None, "0",
          "BitTorrent listening port (with --broadcast; 0 picks a free one)."],
-        ["upload-limit", None, "0", "Cap on BitTorrent upload to every peer, LAN and loopback included, in KiB/s (0: none)."],
+        ["upload-limit", None, "0",
+         "Cap on BitTorrent upload to every peer, LAN and loopback included, in KiB/s "
+         "(0: none)."],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this endpoint "
          "(e.g. tcp:9101:interface=127.0.0.1); off by default."],
